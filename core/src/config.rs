@@ -1,0 +1,179 @@
+//! One place for every limit and timeout a session obeys.
+
+use std::time::Duration;
+
+use crate::framing::Framing;
+
+/// Limits, timeouts and framing for the sessions of one [`Listener`] or
+/// [`Connector`].
+///
+/// Every field is public and documented with its default; build one with
+/// struct update syntax:
+///
+/// ```
+/// use std::time::Duration;
+/// use session_core::{Framing, SessionConfig};
+///
+/// let config = SessionConfig {
+///     framing: Framing::Lines,
+///     idle_timeout: Some(Duration::from_secs(30)),
+///     ..SessionConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+///
+/// [`Listener`]: crate::Listener
+/// [`Connector`]: crate::Connector
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How bytes on the wire become messages. Default [`Framing::Raw`]: each
+    /// read is one message, as in the original C# sessions.
+    pub framing: Framing,
+    /// The largest message payload, in bytes, that a peer may send or that
+    /// `send` accepts. Default 65,533 (the most a 2-byte size that counts its
+    /// own header can describe). A peer that exceeds it is disconnected with
+    /// [`DisconnectReason::FrameTooLarge`](crate::DisconnectReason::FrameTooLarge).
+    pub max_frame_len: usize,
+    /// Size of one read from the socket. Default 64 KiB. The buffer is shared
+    /// by the sessions of one thread; a session keeps bytes of its own only
+    /// for a partial frame.
+    pub read_buffer_size: usize,
+    /// Queued outgoing bytes above which the session stops reading from its
+    /// peer until the queue drains below [`send_low_watermark`](Self::send_low_watermark).
+    /// Default 1 MiB.
+    pub send_high_watermark: usize,
+    /// Queued outgoing bytes below which a paused session reads again.
+    /// Default 256 KiB.
+    pub send_low_watermark: usize,
+    /// Hard cap on queued outgoing bytes. A `send` that would pass it closes
+    /// the session with [`DisconnectReason::SlowConsumer`](crate::DisconnectReason::SlowConsumer).
+    /// Default 4 MiB.
+    pub max_send_queue: usize,
+    /// Close a session that has neither received nor sent anything for this
+    /// long. Default `None` (never).
+    pub idle_timeout: Option<Duration>,
+    /// Give up a connection attempt to one address after this long.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+    /// When a session closes gracefully (local close, peer close, shutdown),
+    /// keep writing its queued messages for at most this long. Default 5 s.
+    pub drain_timeout: Duration,
+    /// Most sessions one listener keeps open at once; a connection over the
+    /// limit is closed at once and counted. Default 10,000.
+    pub max_connections: usize,
+    /// Disable Nagle's algorithm on every connection, so small messages leave
+    /// at once. Default `true`.
+    pub nodelay: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            framing: Framing::Raw,
+            max_frame_len: 65_533,
+            read_buffer_size: 64 * 1024,
+            send_high_watermark: 1024 * 1024,
+            send_low_watermark: 256 * 1024,
+            max_send_queue: 4 * 1024 * 1024,
+            idle_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            nodelay: true,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks that the limits are consistent with one another, and says which
+    /// one is not.
+    ///
+    /// [`Listener::bind`](crate::Listener::bind) and
+    /// [`Connector::new`](crate::Connector::new) call it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_frame_len == 0 {
+            return Err("max_frame_len must be at least 1".into());
+        }
+        if self.framing == Framing::LengthPrefixed && self.max_frame_len > 65_533 {
+            return Err(format!(
+                "max_frame_len {} is more than a length-prefixed frame can hold (65533)",
+                self.max_frame_len
+            ));
+        }
+        if self.read_buffer_size == 0 {
+            return Err("read_buffer_size must be at least 1".into());
+        }
+        if self.send_low_watermark > self.send_high_watermark {
+            return Err(format!(
+                "send_low_watermark ({}) is above send_high_watermark ({})",
+                self.send_low_watermark, self.send_high_watermark
+            ));
+        }
+        if self.send_high_watermark > self.max_send_queue {
+            return Err(format!(
+                "send_high_watermark ({}) is above max_send_queue ({})",
+                self.send_high_watermark, self.max_send_queue
+            ));
+        }
+        let largest_frame = self.max_frame_len + self.framing.overhead();
+        if largest_frame > self.max_send_queue {
+            return Err(format!(
+                "max_send_queue ({}) cannot hold one largest frame ({largest_frame} bytes)",
+                self.max_send_queue
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validated(&self) -> std::io::Result<()> {
+        self.validate().map_err(|message| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid session config: {message}"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(SessionConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn inconsistent_limits_are_named() {
+        let config = SessionConfig {
+            send_low_watermark: 10,
+            send_high_watermark: 5,
+            ..SessionConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("send_low_watermark")
+        );
+
+        let config = SessionConfig {
+            framing: Framing::LengthPrefixed,
+            max_frame_len: 70_000,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("65533"));
+
+        let config = SessionConfig {
+            max_send_queue: 100,
+            send_high_watermark: 50,
+            send_low_watermark: 10,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("largest frame"));
+    }
+}

@@ -1,0 +1,547 @@
+//! The engine of one connection: reading and decoding, the user's callbacks,
+//! the send queue and its batched writes, back-pressure, timeouts and the
+//! close.
+//!
+//! One task runs one connection: a hand-written future that interleaves
+//! reading and writing, so that the user's callbacks never run at once and
+//! a reply queued from `on_received` is written in the same wake-up. It is
+//! written against the `futures` I/O traits, so tests drive it over
+//! in-memory pipes as well as sockets.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::io::{AsyncRead, AsyncWrite};
+
+use crate::config::SessionConfig;
+use crate::framing::{FrameError, Framing};
+use crate::rt;
+use crate::session::{
+    CLOSE_ENGINE, CLOSE_LOCAL, CLOSE_SHUTDOWN, CLOSE_SLOW, DisconnectReason, OPEN, Session,
+    SessionHandle,
+};
+
+/// Frames handed to one vectored write at most.
+const MAX_IOVECS: usize = 64;
+/// Reads one wake-up may do before it yields to other tasks.
+const READS_PER_POLL: usize = 16;
+/// A partial-frame buffer larger than this is freed once it empties.
+const KEEP_PENDING: usize = 16 * 1024;
+
+thread_local! {
+    /// One read buffer per thread, lent to whichever session is reading:
+    /// an idle session holds no read buffer at all.
+    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// Starts the engine of one session over any byte stream.
+///
+/// Returns the session's handle and the future that runs it; the future
+/// ends, with the reason, after `on_disconnected` has run. [`Listener`] and
+/// [`Connector`] call this for every socket; call it yourself to run a
+/// session over something else, such as an in-memory pipe in a test.
+///
+/// ```
+/// use futures::io::Cursor;
+/// use session_core::{run_session, DisconnectReason, Session, SessionConfig, SessionHandle};
+///
+/// struct Collect(Vec<Vec<u8>>);
+/// impl Session for Collect {
+///     fn on_received(&mut self, _: &SessionHandle, message: &[u8]) {
+///         self.0.push(message.to_vec());
+///     }
+/// }
+///
+/// let addr = "127.0.0.1:1".parse().unwrap();
+/// let io = Cursor::new(b"hello".to_vec());
+/// let (_handle, task) = run_session(io, addr, addr, &SessionConfig::default(), Collect(Vec::new()));
+/// let reason = async_std::task::block_on(task);
+/// assert!(matches!(reason, DisconnectReason::PeerClosed));
+/// ```
+///
+/// [`Listener`]: crate::Listener
+/// [`Connector`]: crate::Connector
+pub fn run_session<S, T>(
+    io: T,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: &SessionConfig,
+    session: S,
+) -> (
+    SessionHandle,
+    impl Future<Output = DisconnectReason> + Send + 'static,
+)
+where
+    S: Session,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handle = SessionHandle::new(peer, local, config);
+    let engine = Engine::new(io, handle.clone(), config, session);
+    (handle, engine)
+}
+
+/// Where the engine is in the life of its connection.
+enum Phase {
+    /// Reading and writing.
+    Open,
+    /// No more reading; writing what is queued until it is all out or the
+    /// deadline passes.
+    Draining(DisconnectReason, rt::Timer),
+    /// Closing the write side of the stream.
+    Closing(DisconnectReason),
+    /// `on_disconnected` has run.
+    Done,
+}
+
+struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
+    io: T,
+    session: S,
+    handle: SessionHandle,
+    framing: Framing,
+    max_frame_len: usize,
+    read_buffer_size: usize,
+    high_watermark: usize,
+    low_watermark: usize,
+    drain_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    idle_timer: Option<rt::Timer>,
+    last_activity: Instant,
+    /// Bytes of a frame that began in an earlier read.
+    pending: Vec<u8>,
+    /// Frames taken from the outbox, in order; the first may be partly written.
+    inflight: VecDeque<Bytes>,
+    /// Bytes of `inflight[0]` already written.
+    written: usize,
+    /// False while back-pressure holds reading.
+    reading: bool,
+    started: bool,
+    /// A callback panicked: only `on_disconnected` is called from now on.
+    poisoned: bool,
+    phase: Phase,
+}
+
+// The engine never pins the session or the stream in place.
+impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Unpin for Engine<S, T> {}
+
+impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
+    fn new(io: T, handle: SessionHandle, config: &SessionConfig, session: S) -> Self {
+        Engine {
+            io,
+            session,
+            handle,
+            framing: config.framing,
+            max_frame_len: config.max_frame_len,
+            read_buffer_size: config.read_buffer_size,
+            high_watermark: config.send_high_watermark,
+            low_watermark: config.send_low_watermark,
+            drain_timeout: config.drain_timeout,
+            idle_timeout: config.idle_timeout,
+            idle_timer: None,
+            last_activity: Instant::now(),
+            pending: Vec::new(),
+            inflight: VecDeque::new(),
+            written: 0,
+            reading: true,
+            started: false,
+            poisoned: false,
+            phase: Phase::Open,
+        }
+    }
+
+    /// Runs one callback; a panic in it poisons the session and starts its close.
+    fn guarded(&mut self, f: impl FnOnce(&mut S, &SessionHandle)) {
+        if self.poisoned {
+            return;
+        }
+        let (session, handle) = (&mut self.session, &self.handle);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(session, handle))) {
+            self.poisoned = true;
+            let message = panic_message(payload.as_ref());
+            log::error!(
+                "session {} ({}): callback panicked: {message}",
+                self.handle.id(),
+                self.handle.peer_addr()
+            );
+            self.begin_close(DisconnectReason::Panicked(message), true);
+        }
+    }
+
+    /// Stops reading and, if `drain`, writes what is queued before closing.
+    fn begin_close(&mut self, reason: DisconnectReason, drain: bool) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        let _ = self.handle.shared.state.compare_exchange(
+            OPEN,
+            CLOSE_ENGINE,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        log::debug!(
+            "session {} ({}): closing: {reason}",
+            self.handle.id(),
+            self.handle.peer_addr()
+        );
+        self.phase = if drain {
+            Phase::Draining(reason, rt::timer_at(Instant::now() + self.drain_timeout))
+        } else {
+            Phase::Closing(reason)
+        };
+    }
+
+    /// Acts on a close asked for through the handle.
+    fn check_close_request(&mut self) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        match self.handle.shared.state.load(Ordering::Acquire) {
+            CLOSE_LOCAL => self.begin_close(DisconnectReason::LocalClose, true),
+            CLOSE_SHUTDOWN => self.begin_close(DisconnectReason::Shutdown, true),
+            CLOSE_SLOW => self.begin_close(DisconnectReason::SlowConsumer, false),
+            _ => {}
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full.
+    /// Returns whether anything was written.
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
+        let mut progress = false;
+        loop {
+            {
+                let mut outbox = self.handle.shared.lock_outbox();
+                if self.inflight.is_empty() {
+                    std::mem::swap(&mut self.inflight, &mut *outbox);
+                } else {
+                    self.inflight.append(&mut outbox);
+                }
+            }
+            if self.inflight.is_empty() {
+                if progress {
+                    // Streams that buffer (not sockets) need a flush to move.
+                    let _ = Pin::new(&mut self.io).poll_flush(cx)?;
+                }
+                return Ok(progress);
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, frame) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 { self.written } else { 0 };
+                slices[i] = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(progress),
+            };
+            progress = true;
+            self.handle.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            self.advance(n);
+        }
+    }
+
+    /// Marks `n` bytes written and reports every frame now wholly written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let remaining = self.inflight[0].len() - self.written;
+            if n < remaining {
+                self.written += n;
+                return;
+            }
+            n -= remaining;
+            self.written = 0;
+            let frame = self
+                .inflight
+                .pop_front()
+                .expect("written bytes belong to a queued frame");
+            let payload = self.framing.payload_of(frame.len());
+            self.guarded(|session, handle| session.on_sent(handle, &frame[payload]));
+        }
+    }
+
+    /// Reads once and delivers every whole message. `Ready(true)` if bytes
+    /// arrived, `Ready(false)` at end of stream.
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut scratch = SCRATCH
+            .take()
+            .filter(|buf| buf.len() >= self.read_buffer_size)
+            .unwrap_or_else(|| vec![0; self.read_buffer_size].into_boxed_slice());
+        let result =
+            match Pin::new(&mut self.io).poll_read(cx, &mut scratch[..self.read_buffer_size]) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(n)) => {
+                    self.deliver(&scratch[..n]);
+                    Poll::Ready(Ok(true))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        SCRATCH.set(Some(scratch));
+        result
+    }
+
+    /// Cuts `data` (with any partial frame kept from before) into messages
+    /// and hands each to `on_received`.
+    fn deliver(&mut self, data: &[u8]) {
+        if self.pending.is_empty() {
+            let used = self.deliver_from(data);
+            if used < data.len() && matches!(self.phase, Phase::Open) {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.pending.extend_from_slice(data);
+            let mut pending = std::mem::take(&mut self.pending);
+            let used = self.deliver_from(&pending);
+            pending.drain(..used);
+            if pending.is_empty() && pending.capacity() > KEEP_PENDING {
+                pending = Vec::new();
+            }
+            self.pending = pending;
+        }
+    }
+
+    /// Delivers the messages at the start of `buf`; returns the bytes used.
+    fn deliver_from(&mut self, buf: &[u8]) -> usize {
+        let mut used = 0;
+        while matches!(self.phase, Phase::Open) && !self.poisoned {
+            match self.framing.decode(&buf[used..], self.max_frame_len) {
+                Ok(Some(frame)) => {
+                    let message = &buf[used + frame.payload.start..used + frame.payload.end];
+                    used += frame.consumed;
+                    self.guarded(|session, handle| session.on_received(handle, message));
+                    self.check_close_request();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = match e {
+                        FrameError::TooLarge { len, max } => {
+                            DisconnectReason::FrameTooLarge { len, max }
+                        }
+                        other => DisconnectReason::BadFrame(other),
+                    };
+                    self.begin_close(reason, true);
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    /// Drops everything queued, marks the session closed and runs
+    /// `on_disconnected`.
+    fn finish(&mut self, reason: DisconnectReason) -> DisconnectReason {
+        self.phase = Phase::Done;
+        let shared = &self.handle.shared;
+        let _ =
+            shared
+                .state
+                .compare_exchange(OPEN, CLOSE_ENGINE, Ordering::SeqCst, Ordering::SeqCst);
+        shared.lock_outbox().clear();
+        self.inflight.clear();
+        shared.queued.store(0, Ordering::Release);
+        self.pending = Vec::new();
+        let (session, handle) = (&mut self.session, &self.handle);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
+            session.on_disconnected(handle, &reason)
+        })) {
+            log::error!(
+                "session {} ({}): on_disconnected panicked: {}",
+                handle.id(),
+                handle.peer_addr(),
+                panic_message(payload.as_ref())
+            );
+        }
+        reason
+    }
+
+    /// Whether new frames or a close request arrived since the last look.
+    fn has_news(&self) -> bool {
+        let shared = &self.handle.shared;
+        let state = shared.state.load(Ordering::Acquire);
+        (matches!(self.phase, Phase::Open) && state != OPEN && state != CLOSE_ENGINE)
+            || !shared.lock_outbox().is_empty()
+    }
+
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle_timeout else {
+            return false;
+        };
+        let deadline = self.last_activity + idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| rt::timer_at(deadline));
+        loop {
+            if Pin::new(&mut *timer).poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_activity + idle;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            timer.set_at(deadline);
+        }
+    }
+
+    fn poll_engine(&mut self, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
+        if !self.started {
+            self.started = true;
+            self.guarded(|session, handle| session.on_connected(handle));
+        }
+        let shared = Arc::clone(&self.handle.shared);
+        shared.waker.register(cx.waker());
+        shared.polling.store(true, Ordering::SeqCst);
+        let mut reads = 0;
+        loop {
+            self.check_close_request();
+            if matches!(self.phase, Phase::Done) {
+                return Poll::Pending;
+            }
+            if let Phase::Closing(_) = self.phase {
+                shared.polling.store(false, Ordering::SeqCst);
+                if Pin::new(&mut self.io).poll_close(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let Phase::Closing(reason) = std::mem::replace(&mut self.phase, Phase::Done) else {
+                    unreachable!()
+                };
+                return Poll::Ready(self.finish(reason));
+            }
+
+            let mut progress = match self.poll_write_queue(cx) {
+                Ok(progress) => progress,
+                Err(e) => {
+                    shared.polling.store(false, Ordering::SeqCst);
+                    return Poll::Ready(self.finish(DisconnectReason::Io(Arc::new(e))));
+                }
+            };
+            if progress {
+                self.last_activity = Instant::now();
+            }
+
+            if let Phase::Draining(_, timer) = &mut self.phase {
+                let drained = self.inflight.is_empty() && shared.lock_outbox().is_empty();
+                let expired = !drained && Pin::new(timer).poll(cx).is_ready();
+                if drained || expired {
+                    let Phase::Draining(reason, _) =
+                        std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        unreachable!()
+                    };
+                    if expired {
+                        log::debug!(
+                            "session {} ({}): drain deadline passed with {} bytes unsent",
+                            self.handle.id(),
+                            self.handle.peer_addr(),
+                            shared.queued.load(Ordering::Acquire)
+                        );
+                    }
+                    self.phase = Phase::Closing(reason);
+                    continue;
+                }
+            }
+
+            if matches!(self.phase, Phase::Open) {
+                let queued = shared.queued.load(Ordering::Acquire);
+                if self.reading && queued > self.high_watermark {
+                    self.reading = false;
+                } else if !self.reading && queued <= self.low_watermark {
+                    self.reading = true;
+                }
+                if self.reading {
+                    if reads == READS_PER_POLL {
+                        // Let other sessions of this thread have a turn.
+                        shared.polling.store(false, Ordering::SeqCst);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    match self.poll_read_once(cx) {
+                        Poll::Ready(Ok(true)) => {
+                            reads += 1;
+                            progress = true;
+                            self.last_activity = Instant::now();
+                        }
+                        Poll::Ready(Ok(false)) => {
+                            self.begin_close(DisconnectReason::PeerClosed, true)
+                        }
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                            progress = true
+                        }
+                        Poll::Ready(Err(e)) => {
+                            shared.polling.store(false, Ordering::SeqCst);
+                            return Poll::Ready(self.finish(DisconnectReason::Io(Arc::new(e))));
+                        }
+                        Poll::Pending => {}
+                    }
+                    if !matches!(self.phase, Phase::Open) {
+                        continue;
+                    }
+                }
+                if self.poll_idle(cx) {
+                    self.begin_close(DisconnectReason::Idle, true);
+                    continue;
+                }
+            }
+
+            if !progress {
+                shared.polling.store(false, Ordering::SeqCst);
+                if self.has_news() {
+                    shared.polling.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Future for Engine<S, T> {
+    type Output = DisconnectReason;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
+        self.get_mut().poll_engine(cx)
+    }
+}
+
+impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Drop for Engine<S, T> {
+    fn drop(&mut self) {
+        // Dropped before it finished (its runtime is going away): the
+        // promise of exactly one `on_disconnected` still holds.
+        if self.started && !matches!(self.phase, Phase::Done) {
+            let reason = DisconnectReason::Shutdown;
+            self.phase = Phase::Done;
+            let _ = self.handle.shared.state.compare_exchange(
+                OPEN,
+                CLOSE_ENGINE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            let (session, handle) = (&mut self.session, &self.handle);
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                session.on_disconnected(handle, &reason)
+            }));
+        }
+    }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

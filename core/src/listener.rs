@@ -1,0 +1,332 @@
+//! The server side: bind, accept for ever, one session per connection.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::{Either, select};
+use futures::task::AtomicWaker;
+use futures::{FutureExt, StreamExt};
+
+use crate::config::SessionConfig;
+use crate::connection::{panic_message, run_session};
+use crate::ip_information::IpInformation;
+use crate::rt;
+use crate::session::{Session, SessionHandle, SessionId};
+use crate::shutdown::ShutdownHandle;
+
+/// The first pause after an accept error; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts connections and runs a [`Session`] for each: the seed's
+/// `Listener`, with a connection limit, accept errors that never end the
+/// loop, and a graceful shutdown.
+///
+/// ```no_run
+/// use session_core::{IpInformation, Listener, Session, SessionConfig, SessionHandle};
+///
+/// struct Echo;
+/// impl Session for Echo {
+///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+///         let _ = handle.send(message);
+///     }
+/// }
+///
+/// # async fn serve() -> std::io::Result<()> {
+/// let listener = Listener::bind(&IpInformation::resolve("127.0.0.1", 0).await?, SessionConfig::default()).await?;
+/// println!("listening on {}", listener.local_addr());
+/// let stop = listener.shutdown_handle();
+/// // ... hand `stop` to whatever decides when to stop (Ctrl-C, a test) ...
+/// listener.run(|| Echo).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<rt::TcpListener>,
+    addrs: Vec<SocketAddr>,
+    config: SessionConfig,
+    shutdown: ShutdownHandle,
+    shared: Arc<ListenerShared>,
+}
+
+/// Counters of one listener, read with [`Listener::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerStats {
+    /// Connections accepted and given a session.
+    pub accepted: u64,
+    /// Connections closed at once because the connection limit was reached.
+    pub rejected: u64,
+    /// Errors returned by `accept` (each followed by a short pause).
+    pub accept_errors: u64,
+    /// Sessions open now.
+    pub active: usize,
+}
+
+#[derive(Debug, Default)]
+struct ListenerShared {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    accept_errors: AtomicU64,
+    active: AtomicUsize,
+    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    /// Woken when the last session ends.
+    all_closed: AtomicWaker,
+}
+
+impl ListenerShared {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionHandle>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remove(&self, id: SessionId) {
+        self.sessions().remove(&id);
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_closed.wake();
+        }
+    }
+}
+
+/// A cheap, cloneable view of a running listener's counters.
+#[derive(Debug, Clone)]
+pub struct ListenerStatsHandle(Arc<ListenerShared>);
+
+impl Listener {
+    /// Binds every address `ip` resolved to (all on one port: with port 0,
+    /// the port the first one got). Fails if none could be bound, naming
+    /// each address and its error; an address that fails while another
+    /// binds (say `::1` on a host without IPv6) is logged and skipped.
+    pub async fn bind(ip: &IpInformation, config: SessionConfig) -> io::Result<Listener> {
+        config.validated()?;
+        let mut sockets = Vec::new();
+        let mut addrs = Vec::new();
+        let mut errors = Vec::new();
+        let mut port = ip.port();
+        for endpoint in ip.endpoints() {
+            let mut addr = *endpoint;
+            addr.set_port(port);
+            match rt::bind(addr).await {
+                Ok(socket) => {
+                    let bound = socket.local_addr()?;
+                    port = bound.port();
+                    addrs.push(bound);
+                    sockets.push(socket);
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(io::Error::other(format!(
+                "bind {ip}: {}",
+                errors.join("; ")
+            )));
+        }
+        for error in errors {
+            log::warn!("bind {ip}: skipped {error}");
+        }
+        Ok(Listener {
+            sockets,
+            addrs,
+            config,
+            shutdown: ShutdownHandle::default(),
+            shared: Arc::default(),
+        })
+    }
+
+    /// The first bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every bound address.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle that stops [`run`](Self::run) from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The listener's counters now.
+    pub fn stats(&self) -> ListenerStats {
+        self.stats_handle().get()
+    }
+
+    /// A handle to read the counters while [`run`](Self::run) owns the listener.
+    pub fn stats_handle(&self) -> ListenerStatsHandle {
+        ListenerStatsHandle(Arc::clone(&self.shared))
+    }
+
+    /// Accepts connections until [`ShutdownHandle::shutdown`], running one
+    /// session from `factory` on each; then closes every session gracefully
+    /// and returns once they have all ended.
+    ///
+    /// Accept errors never end the loop: each is logged and followed by a
+    /// pause that doubles while errors repeat (5 ms up to 1 s), so that a
+    /// process out of file descriptors recovers once some close. A
+    /// connection over [`SessionConfig::max_connections`] is closed at once
+    /// and counted in [`ListenerStats::rejected`]. A panic in `factory`
+    /// drops that connection only.
+    pub async fn run<S, F>(self, mut factory: F) -> io::Result<()>
+    where
+        S: Session,
+        F: FnMut() -> S,
+    {
+        let Listener {
+            sockets,
+            addrs,
+            config,
+            shutdown,
+            shared,
+        } = self;
+        {
+            let mut incoming = futures::stream::select_all(sockets.iter().map(|s| s.incoming()));
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let next = poll_fn(|cx| {
+                    if shutdown.poll_requested(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    incoming.poll_next_unpin(cx).map(|item| item.map(Some))
+                })
+                .await;
+                let stream = match next {
+                    None | Some(None) => break,
+                    Some(Some(Ok(stream))) => {
+                        backoff = FIRST_BACKOFF;
+                        stream
+                    }
+                    Some(Some(Err(e))) => {
+                        shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        if is_transient(&e) {
+                            log::debug!("accept on {addrs:?}: {e}");
+                            continue;
+                        }
+                        log::warn!("accept on {addrs:?}: {e}; pausing {backoff:?}");
+                        let stop = poll_fn(|cx| shutdown.poll_requested(cx));
+                        if let Either::Left(_) = select(stop, Box::pin(rt::sleep(backoff))).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                };
+                accept_one(stream, &config, &shared, &mut factory);
+            }
+        }
+        // Stop accepting at once: a balancer sends new connections elsewhere.
+        drop(sockets);
+        close_all(&shared, config.drain_timeout).await;
+        Ok(())
+    }
+}
+
+impl ListenerStatsHandle {
+    /// The counters now.
+    pub fn get(&self) -> ListenerStats {
+        ListenerStats {
+            accepted: self.0.accepted.load(Ordering::Relaxed),
+            rejected: self.0.rejected.load(Ordering::Relaxed),
+            accept_errors: self.0.accept_errors.load(Ordering::Relaxed),
+            active: self.0.active.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Errors that concern one connection that never got to us, not the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+fn accept_one<S, F>(
+    stream: rt::TcpStream,
+    config: &SessionConfig,
+    shared: &Arc<ListenerShared>,
+    factory: &mut F,
+) where
+    S: Session,
+    F: FnMut() -> S,
+{
+    if shared.active.load(Ordering::Acquire) >= config.max_connections {
+        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
+            "connection limit {} reached: closing a new connection",
+            config.max_connections
+        );
+        return;
+    }
+    // A peer that already reset has no address: nothing to serve.
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    if config.nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    let session = match catch_unwind(AssertUnwindSafe(&mut *factory)) {
+        Ok(session) => session,
+        Err(payload) => {
+            log::error!(
+                "session factory panicked for {peer}: {}",
+                panic_message(payload.as_ref())
+            );
+            return;
+        }
+    };
+    let (handle, engine) = run_session(stream, peer, local, config, session);
+    let id = handle.id();
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
+    shared.sessions().insert(id, handle);
+    let shared = Arc::clone(shared);
+    rt::spawn(async move {
+        // The engine catches the user's panics; this catches its own.
+        if let Err(payload) = AssertUnwindSafe(engine).catch_unwind().await {
+            log::error!(
+                "session {id}: engine panicked: {}",
+                panic_message(payload.as_ref())
+            );
+        }
+        shared.remove(id);
+    });
+}
+
+/// Closes every session with `Shutdown` and waits until all have ended.
+async fn close_all(shared: &ListenerShared, drain_timeout: Duration) {
+    let sessions: Vec<SessionHandle> = shared.sessions().values().cloned().collect();
+    for session in &sessions {
+        session.shutdown();
+    }
+    drop(sessions);
+    let all_closed = poll_fn(|cx| {
+        shared.all_closed.register(cx.waker());
+        if shared.active.load(Ordering::Acquire) == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    // Each session stops writing at its own drain deadline; the margin is
+    // for closing the sockets.
+    if rt::timeout(drain_timeout + Duration::from_secs(1), all_closed)
+        .await
+        .is_none()
+    {
+        log::warn!(
+            "shutdown: {} sessions still open after the drain deadline",
+            shared.active.load(Ordering::Acquire)
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The [`Session`] trait a user implements, and the [`SessionHandle`] through
+//! which the user's code talks back to its connection.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use futures::task::AtomicWaker;
+
+use crate::config::SessionConfig;
+use crate::framing::{FrameError, Framing};
+
+/// What happens on one connection: the four events of the original C#
+/// `Session` class.
+///
+/// The library calls these methods from the connection's own task, one at a
+/// time, never at once: `on_connected` first, then any number of
+/// `on_received` and `on_sent`, then `on_disconnected` exactly once, last.
+/// They must not block: a long job belongs in a task of its own, which can
+/// keep a clone of the [`SessionHandle`] and call [`SessionHandle::send`].
+///
+/// A panic in any of them closes this session (with
+/// [`DisconnectReason::Panicked`]) and nothing else.
+///
+/// ```
+/// use session_core::{DisconnectReason, Session, SessionHandle};
+///
+/// #[derive(Default)]
+/// struct Counter {
+///     messages: usize,
+/// }
+///
+/// impl Session for Counter {
+///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+///         self.messages += 1;
+///         let _ = handle.send(format!("{} bytes", message.len()).as_bytes());
+///     }
+///
+///     fn on_disconnected(&mut self, _handle: &SessionHandle, reason: &DisconnectReason) {
+///         log::info!("{} messages, then {reason}", self.messages);
+///     }
+/// }
+/// ```
+pub trait Session: Send + 'static {
+    /// The connection is open. Called once, before any other callback.
+    fn on_connected(&mut self, handle: &SessionHandle) {
+        let _ = handle;
+    }
+
+    /// One message arrived, framed as the session's [`Framing`] says. The
+    /// slice is only valid during the call.
+    fn on_received(&mut self, handle: &SessionHandle, message: &[u8]);
+
+    /// One message given to [`SessionHandle::send`] was written whole to the
+    /// socket (the payload, without framing).
+    fn on_sent(&mut self, handle: &SessionHandle, message: &[u8]) {
+        let _ = (handle, message);
+    }
+
+    /// The connection is closed. Called exactly once, last.
+    fn on_disconnected(&mut self, handle: &SessionHandle, reason: &DisconnectReason) {
+        let _ = (handle, reason);
+    }
+}
+
+/// A number that names one session for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    fn next() -> SessionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone)]
+pub enum DisconnectReason {
+    /// The peer closed its side of the connection.
+    PeerClosed,
+    /// This side called [`SessionHandle::disconnect`].
+    LocalClose,
+    /// Reading or writing the socket failed.
+    Io(Arc<io::Error>),
+    /// The peer sent a message longer than the configured maximum.
+    FrameTooLarge {
+        /// The message's length, or the bytes seen so far of a line that
+        /// never ended.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The peer sent bytes that can never be a message (a length-prefixed
+    /// size below 2).
+    BadFrame(FrameError),
+    /// Nothing was received or sent for the configured idle timeout.
+    Idle,
+    /// More bytes were queued for the peer than the configured cap: the peer
+    /// does not read fast enough.
+    SlowConsumer,
+    /// The listener is shutting down.
+    Shutdown,
+    /// A callback of the session panicked; the text is the panic's message.
+    Panicked(String),
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::PeerClosed => f.write_str("closed by peer"),
+            DisconnectReason::LocalClose => f.write_str("closed locally"),
+            DisconnectReason::Io(e) => write!(f, "I/O error: {e}"),
+            DisconnectReason::FrameTooLarge { len, max } => {
+                write!(f, "frame too large: {len} bytes, maximum {max}")
+            }
+            DisconnectReason::BadFrame(e) => write!(f, "bad frame: {e}"),
+            DisconnectReason::Idle => f.write_str("idle timeout"),
+            DisconnectReason::SlowConsumer => f.write_str("slow consumer: send queue full"),
+            DisconnectReason::Shutdown => f.write_str("shutdown"),
+            DisconnectReason::Panicked(message) => {
+                write!(f, "session callback panicked: {message}")
+            }
+        }
+    }
+}
+
+/// Why [`SessionHandle::send`] did not queue a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The session is closed or closing; nothing more is sent.
+    Closed,
+    /// Queuing the message would pass the send-queue cap; the session is now
+    /// closing with [`DisconnectReason::SlowConsumer`].
+    SlowConsumer,
+    /// The message cannot be framed (too long, or a newline in a line).
+    Frame(FrameError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("session is closed"),
+            SendError::SlowConsumer => {
+                f.write_str("send queue is full: peer does not read fast enough")
+            }
+            SendError::Frame(e) => write!(f, "message cannot be sent: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A cheap, cloneable handle to one live session: send to it, close it, ask
+/// who it is.
+///
+/// Every method may be called from any task or thread and none of them
+/// blocks or waits for the network.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("local", &self.shared.local)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+/// A close requested from outside the engine, or decided by it.
+pub(crate) const OPEN: u8 = 0;
+pub(crate) const CLOSE_LOCAL: u8 = 1;
+pub(crate) const CLOSE_SLOW: u8 = 2;
+pub(crate) const CLOSE_SHUTDOWN: u8 = 3;
+/// The engine itself is closing (peer closed, error, idle, ...).
+pub(crate) const CLOSE_ENGINE: u8 = 4;
+
+/// Bytes of one per-thread chunk that encoded frames are cut from.
+const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The course's `SendBufferHelper`: frames are encoded into one chunk per
+    /// thread and shared from it by reference count, so that sending a small
+    /// message allocates nothing in steady state.
+    static SEND_CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// The state a [`SessionHandle`] shares with its connection's engine.
+pub(crate) struct Shared {
+    pub(crate) id: SessionId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) framing: Framing,
+    pub(crate) max_frame_len: usize,
+    pub(crate) max_send_queue: usize,
+    /// Frames queued by `send` and not yet taken by the engine.
+    pub(crate) outbox: Mutex<VecDeque<Bytes>>,
+    /// Bytes queued and not yet written, the engine's share included.
+    pub(crate) queued: AtomicUsize,
+    /// One of `OPEN`, `CLOSE_*`.
+    pub(crate) state: AtomicU8,
+    /// Wakes the engine for a new frame or a close request.
+    pub(crate) waker: AtomicWaker,
+    /// True while the engine is inside its poll and will look at the outbox
+    /// again before it sleeps; saves a wake-up per send from a callback.
+    pub(crate) polling: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn lock_outbox(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+        // A panic never happens while the lock is held, but do not turn
+        // one into a second panic if it somehow did.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn notify(&self) {
+        if !self.polling.load(Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Requests a close; the first request wins. Returns whether this one did.
+    pub(crate) fn request_close(&self, code: u8) -> bool {
+        let won = self
+            .state
+            .compare_exchange(OPEN, code, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if won {
+            self.waker.wake();
+        }
+        won
+    }
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        config: &SessionConfig,
+    ) -> SessionHandle {
+        SessionHandle {
+            shared: Arc::new(Shared {
+                id: SessionId::next(),
+                peer,
+                local,
+                framing: config.framing,
+                max_frame_len: config.max_frame_len,
+                max_send_queue: config.max_send_queue,
+                outbox: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
+                state: AtomicU8::new(OPEN),
+                waker: AtomicWaker::new(),
+                polling: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// This session's id, unique in the process.
+    pub fn id(&self) -> SessionId {
+        self.shared.id
+    }
+
+    /// The peer's address (the seed's `RemoteEndPoint`).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The framing messages are cut and sent with.
+    pub fn framing(&self) -> Framing {
+        self.shared.framing
+    }
+
+    /// Whether the session is open: neither closing nor closed.
+    pub fn is_connected(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Bytes queued for the peer and not yet written to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Queues `message` for the peer, framed, behind every message queued
+    /// before it; returns at once.
+    ///
+    /// Messages reach the wire whole and in the order they were queued;
+    /// messages queued together go out in one vectored write. Fails when the
+    /// session is closing, when the message cannot be framed, or when the
+    /// send queue would pass its cap, in which case the session is closed
+    /// as a slow consumer.
+    pub fn send(&self, message: &[u8]) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if shared.state.load(Ordering::Acquire) != OPEN {
+            return Err(SendError::Closed);
+        }
+        let framing = shared.framing;
+        let frame = SEND_CHUNK.with(|chunk| {
+            let mut chunk = chunk.borrow_mut();
+            let needed = message.len() + framing.overhead();
+            if chunk.capacity() - chunk.len() < needed {
+                *chunk = BytesMut::with_capacity(needed.max(CHUNK));
+            }
+            framing
+                .encode(message, shared.max_frame_len, &mut chunk)
+                .map(|()| chunk.split().freeze())
+        });
+        let frame = frame.map_err(SendError::Frame)?;
+        self.push_frame(frame)
+    }
+
+    fn push_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        let len = frame.len();
+        let before = shared.queued.fetch_add(len, Ordering::AcqRel);
+        if before + len > shared.max_send_queue {
+            shared.queued.fetch_sub(len, Ordering::AcqRel);
+            if shared.request_close(CLOSE_SLOW) {
+                log::debug!(
+                    "session {} to {}: send queue over {} bytes, closing as slow consumer",
+                    shared.id,
+                    shared.peer,
+                    shared.max_send_queue
+                );
+            }
+            return Err(SendError::SlowConsumer);
+        }
+        let was_empty = {
+            let mut outbox = shared.lock_outbox();
+            outbox.push_back(frame);
+            outbox.len() == 1
+        };
+        if was_empty {
+            shared.notify();
+        }
+        Ok(())
+    }
+
+    /// Closes the session: nothing more is read, messages already queued are
+    /// still written (up to the drain timeout), then the connection closes
+    /// and `on_disconnected` runs with [`DisconnectReason::LocalClose`].
+    /// Calling it again, or on a closed session, does nothing.
+    pub fn disconnect(&self) {
+        self.shared.request_close(CLOSE_LOCAL);
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.shared.request_close(CLOSE_SHUTDOWN);
+    }
+}
