@@ -545,3 +545,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

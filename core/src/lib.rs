@@ -44,6 +44,8 @@ mod listener;
 mod rt;
 mod session;
 mod shutdown;
+#[cfg(test)]
+mod test_pipe;
 
 pub use bytes;
 pub use config::SessionConfig;
