@@ -56,3 +56,8 @@ pub use ip_information::IpInformation;
 pub use listener::{Listener, ListenerStats, ListenerStatsHandle};
 pub use session::{DisconnectReason, SendError, Session, SessionHandle, SessionId};
 pub use shutdown::ShutdownHandle;
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
