@@ -8,7 +8,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The rule that cuts a byte stream into messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,6 +177,58 @@ impl Framing {
     }
 }
 
+/// A message framed once, to be sent to many sessions: each receiver's queue
+/// holds a reference to the same buffer, never a copy.
+///
+/// ```
+/// use session_core::{Frame, Framing};
+///
+/// let frame = Frame::new(Framing::LengthPrefixed, b"tick", 1024).unwrap();
+/// assert_eq!(frame.payload(), b"tick");
+/// assert_eq!(frame.wire_len(), 6);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    bytes: Bytes,
+    framing: Framing,
+}
+
+impl Frame {
+    /// Frames `payload` under `framing`; fails as [`Framing::encode`] does.
+    pub fn new(
+        framing: Framing,
+        payload: &[u8],
+        max_frame_len: usize,
+    ) -> Result<Frame, FrameError> {
+        let mut out = BytesMut::with_capacity(payload.len() + framing.overhead());
+        framing.encode(payload, max_frame_len, &mut out)?;
+        Ok(Frame {
+            bytes: out.freeze(),
+            framing,
+        })
+    }
+
+    /// The framing the frame was made for.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The message without its framing.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.framing.payload_of(self.bytes.len())]
+    }
+
+    /// Bytes on the wire, framing included.
+    pub fn wire_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The bytes on the wire, shared.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// One message found by [`Framing::decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
@@ -203,6 +255,14 @@ pub enum FrameError {
     /// A message sent under [`Framing::Lines`] holds a newline, which would
     /// split it in two on the wire.
     NewlineInLine,
+    /// A [`Frame`] made for one framing was sent to a session that uses
+    /// another.
+    WrongFraming {
+        /// The frame's framing.
+        frame: Framing,
+        /// The session's framing.
+        session: Framing,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -221,6 +281,12 @@ impl fmt::Display for FrameError {
                 )
             }
             FrameError::NewlineInLine => write!(f, "a line-framed message cannot hold a newline"),
+            FrameError::WrongFraming { frame, session } => {
+                write!(
+                    f,
+                    "a frame made for {frame} framing cannot go to a {session} session"
+                )
+            }
         }
     }
 }

@@ -1,12 +1,11 @@
 //! The server side: bind, accept for ever, one session per connection.
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use futures::{FutureExt, StreamExt};
 use crate::config::SessionConfig;
 use crate::connection::{panic_message, run_session};
 use crate::ip_information::IpInformation;
+use crate::registry::Registry;
 use crate::rt;
 use crate::session::{Session, SessionHandle, SessionId};
 use crate::shutdown::ShutdownHandle;
@@ -75,18 +75,14 @@ struct ListenerShared {
     rejected: AtomicU64,
     accept_errors: AtomicU64,
     active: AtomicUsize,
-    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    sessions: Registry,
     /// Woken when the last session ends.
     all_closed: AtomicWaker,
 }
 
 impl ListenerShared {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionHandle>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn remove(&self, id: SessionId) {
-        self.sessions().remove(&id);
+        self.sessions.remove(id);
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_closed.wake();
         }
@@ -152,6 +148,13 @@ impl Listener {
     /// A handle that stops [`run`](Self::run) from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// Every open session of this listener: look one up by id, count them,
+    /// broadcast to all. A session is in it from before `on_connected` until
+    /// after `on_disconnected`, or until a broadcast finds it closing.
+    pub fn registry(&self) -> Registry {
+        self.shared.sessions.clone()
     }
 
     /// The listener's counters now.
@@ -289,7 +292,7 @@ fn accept_one<S, F>(
     let id = handle.id();
     shared.active.fetch_add(1, Ordering::AcqRel);
     shared.accepted.fetch_add(1, Ordering::Relaxed);
-    shared.sessions().insert(id, handle);
+    shared.sessions.insert(handle);
     let shared = Arc::clone(shared);
     rt::spawn(async move {
         // The engine catches the user's panics; this catches its own.
@@ -305,7 +308,7 @@ fn accept_one<S, F>(
 
 /// Closes every session with `Shutdown` and waits until all have ended.
 async fn close_all(shared: &ListenerShared, drain_timeout: Duration) {
-    let sessions: Vec<SessionHandle> = shared.sessions().values().cloned().collect();
+    let sessions: Vec<SessionHandle> = shared.sessions.handles();
     for session in &sessions {
         session.shutdown();
     }

@@ -56,3 +56,6 @@ pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>
     use async_std::net::ToSocketAddrs;
     Ok((host, port).to_socket_addrs().await?.collect())
 }
+
+/// A bounded multi-producer channel, used by the job queue.
+pub(crate) use async_std::channel::{Sender, bounded};

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 
 use crate::config::SessionConfig;
-use crate::framing::{FrameError, Framing};
+use crate::framing::{Frame, FrameError, Framing};
 
 /// What happens on one connection: the four events of the original C#
 /// `Session` class.
@@ -332,6 +332,31 @@ impl SessionHandle {
         });
         let frame = frame.map_err(SendError::Frame)?;
         self.push_frame(frame)
+    }
+
+    /// Queues a [`Frame`] made once for many sessions: the queue holds a
+    /// reference to the frame's buffer, not a copy. Fails as
+    /// [`send`](Self::send) does, and if the frame was made for another
+    /// framing or is longer than this session's maximum.
+    pub fn send_frame(&self, frame: &Frame) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if shared.state.load(Ordering::Acquire) != OPEN {
+            return Err(SendError::Closed);
+        }
+        if frame.framing() != shared.framing {
+            return Err(SendError::Frame(FrameError::WrongFraming {
+                frame: frame.framing(),
+                session: shared.framing,
+            }));
+        }
+        let len = frame.payload().len();
+        if len > shared.max_frame_len {
+            return Err(SendError::Frame(FrameError::TooLarge {
+                len,
+                max: shared.max_frame_len,
+            }));
+        }
+        self.push_frame(frame.bytes().clone())
     }
 
     fn push_frame(&self, frame: Bytes) -> Result<(), SendError> {
