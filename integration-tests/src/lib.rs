@@ -32,6 +32,8 @@ pub struct Event {
     pub id: SessionId,
     /// What happened.
     pub kind: EventKind,
+    /// When the callback ran.
+    pub at: Instant,
 }
 
 /// Which callback ran, with its arguments.
@@ -116,6 +118,7 @@ impl Recorder {
         let _ = self.tx.send(Event {
             id: handle.id(),
             kind,
+            at: Instant::now(),
         });
     }
 }
@@ -233,11 +236,21 @@ impl Events {
 
     /// Waits up to `timeout` for session `id` to end; its reason.
     pub fn disconnected(&mut self, id: SessionId, timeout: Duration) -> Option<DisconnectReason> {
+        self.disconnected_at(id, timeout).map(|(reason, _)| reason)
+    }
+
+    /// Waits up to `timeout` for session `id` to end; its reason and when
+    /// `on_disconnected` ran.
+    pub fn disconnected_at(
+        &mut self,
+        id: SessionId,
+        timeout: Duration,
+    ) -> Option<(DisconnectReason, Instant)> {
         self.wait_for(timeout, |e| {
             e.id == id && matches!(e.kind, EventKind::Disconnected(_))
         })
         .map(|e| match e.kind {
-            EventKind::Disconnected(reason) => reason,
+            EventKind::Disconnected(reason) => (reason, e.at),
             _ => unreachable!(),
         })
     }
