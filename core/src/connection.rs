@@ -348,9 +348,19 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             shared
                 .state
                 .compare_exchange(OPEN, CLOSE_ENGINE, Ordering::SeqCst, Ordering::SeqCst);
-        shared.lock_outbox().clear();
-        self.inflight.clear();
-        shared.queued.store(0, Ordering::Release);
+        // Under the outbox lock, so that a racing `send` either lands
+        // before the clear or sees `finished` and takes its bytes back.
+        let dropped = {
+            let mut outbox = shared.lock_outbox();
+            shared.finished.store(true, Ordering::Release);
+            let unsent: usize = outbox
+                .drain(..)
+                .chain(self.inflight.drain(..))
+                .map(|f| f.len())
+                .sum();
+            unsent - std::mem::take(&mut self.written)
+        };
+        shared.queued.fetch_sub(dropped, Ordering::AcqRel);
         self.pending = Vec::new();
         let (session, handle) = (&mut self.session, &self.handle);
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {

@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use futures::FutureExt;
+use futures::channel::oneshot;
 use std::panic::AssertUnwindSafe;
 
 use crate::config::SessionConfig;
@@ -46,7 +47,7 @@ pub struct Connector {
 #[derive(Debug)]
 pub struct Connection {
     handle: SessionHandle,
-    task: rt::JoinHandle<DisconnectReason>,
+    task: oneshot::Receiver<DisconnectReason>,
 }
 
 impl Connector {
@@ -75,17 +76,20 @@ impl Connector {
         session: S,
     ) -> io::Result<Connection> {
         let stream = self.open(target).await?;
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
+        let socket = stream.get_ref();
+        let peer = socket.peer_addr()?;
+        let local = socket.local_addr()?;
         if self.config.nodelay {
-            let _ = stream.set_nodelay(true);
+            let _ = socket.set_nodelay(true);
         }
         let (handle, engine) = run_session(stream, peer, local, &self.config, session);
-        let task = rt::spawn(async move {
-            match AssertUnwindSafe(engine).catch_unwind().await {
+        let (done, task) = oneshot::channel();
+        rt::spawn_on_worker(async move {
+            let reason = match AssertUnwindSafe(engine).catch_unwind().await {
                 Ok(reason) => reason,
                 Err(payload) => DisconnectReason::Panicked(panic_message(payload.as_ref())),
-            }
+            };
+            let _ = done.send(reason);
         });
         Ok(Connection { handle, task })
     }
@@ -129,6 +133,8 @@ impl Connection {
     /// Waits until the session has ended (after its `on_disconnected`) and
     /// returns why it ended.
     pub async fn closed(self) -> DisconnectReason {
-        self.task.await
+        // The task always sends before it ends; a worker that died without
+        // sending is the process shutting down.
+        self.task.await.unwrap_or(DisconnectReason::Shutdown)
     }
 }

@@ -61,6 +61,16 @@ pub use registry::{BroadcastReport, Registry};
 pub use session::{DisconnectReason, SendError, Session, SessionHandle, SessionId};
 pub use shutdown::ShutdownHandle;
 
+/// Sets how many worker threads run sessions; the default is one per core
+/// this process may use.
+///
+/// Each worker is an executor and a reactor at once, and a session stays on
+/// the worker it started on. Takes effect only when called before the first
+/// session starts; returns whether it did.
+pub fn set_worker_threads(count: usize) -> bool {
+    rt::set_worker_threads(count)
+}
+
 /// The README's examples, compiled as doc tests so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

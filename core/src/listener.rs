@@ -109,7 +109,7 @@ impl Listener {
             addr.set_port(port);
             match rt::bind(addr).await {
                 Ok(socket) => {
-                    let bound = socket.local_addr()?;
+                    let bound = socket.get_ref().local_addr()?;
                     port = bound.port();
                     addrs.push(bound);
                     sockets.push(socket);
@@ -190,7 +190,7 @@ impl Listener {
             shared,
         } = self;
         {
-            let mut incoming = futures::stream::select_all(sockets.iter().map(|s| s.incoming()));
+            let mut incoming = futures::stream::select_all(sockets.iter().map(rt::incoming));
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let next = poll_fn(|cx| {
@@ -272,11 +272,12 @@ fn accept_one<S, F>(
         return;
     }
     // A peer that already reset has no address: nothing to serve.
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+    let socket = stream.get_ref();
+    let (Ok(peer), Ok(local)) = (socket.peer_addr(), socket.local_addr()) else {
         return;
     };
     if config.nodelay {
-        let _ = stream.set_nodelay(true);
+        let _ = socket.set_nodelay(true);
     }
     let session = match catch_unwind(AssertUnwindSafe(&mut *factory)) {
         Ok(session) => session,
@@ -294,7 +295,7 @@ fn accept_one<S, F>(
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     shared.sessions.insert(handle);
     let shared = Arc::clone(shared);
-    rt::spawn(async move {
+    rt::spawn_on_worker(async move {
         // The engine catches the user's panics; this catches its own.
         if let Err(payload) = AssertUnwindSafe(engine).catch_unwind().await {
             log::error!(

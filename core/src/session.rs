@@ -222,6 +222,9 @@ pub(crate) struct Shared {
     pub(crate) state: AtomicU8,
     /// Wakes the engine for a new frame or a close request.
     pub(crate) waker: AtomicWaker,
+    /// Set, under the outbox lock, once the engine has ended: nothing queued
+    /// after that could ever be written.
+    pub(crate) finished: AtomicBool,
     /// True while the engine is inside its poll and will look at the outbox
     /// again before it sleeps; saves a wake-up per send from a callback.
     pub(crate) polling: AtomicBool,
@@ -272,6 +275,7 @@ impl SessionHandle {
                 state: AtomicU8::new(OPEN),
                 waker: AtomicWaker::new(),
                 polling: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
             }),
         }
     }
@@ -377,6 +381,11 @@ impl SessionHandle {
         }
         let was_empty = {
             let mut outbox = shared.lock_outbox();
+            if shared.finished.load(Ordering::Acquire) {
+                drop(outbox);
+                shared.queued.fetch_sub(len, Ordering::AcqRel);
+                return Err(SendError::Closed);
+            }
             outbox.push_back(frame);
             outbox.len() == 1
         };

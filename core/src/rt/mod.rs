@@ -1,15 +1,26 @@
 //! The only module that names the async runtime.
 //!
-//! Everything else in the crate is written against the `futures` I/O traits;
-//! moving to another runtime built on `async-io` (smol, for example) is a
-//! change of this file alone.
+//! Everything else in the crate is written against the `futures` I/O traits.
+//! Sessions run on the crate's own worker threads (see `worker`), each an
+//! executor and an edge-triggered reactor at once; everything else (the
+//! accept loop, connecting, name resolution, timers, job queues) runs on
+//! async-std and its reactor, async-io. Moving to another runtime built on
+//! async-io (smol, for example) is a change of this module alone.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub(crate) use async_std::net::{TcpListener, TcpStream};
+use async_io::Async;
+use futures::stream::{self, Stream};
+
+mod worker;
+
+pub(crate) use worker::{TcpStream, set_worker_threads, spawn_on_worker};
+
+/// A listening socket on async-io's reactor: accepting is not the hot path.
+pub(crate) type TcpListener = Async<std::net::TcpListener>;
 
 /// A timer that can be re-armed without allocating.
 pub(crate) type Timer = async_io::Timer;
@@ -43,12 +54,27 @@ pub(crate) async fn timeout<F: Future>(duration: Duration, future: F) -> Option<
 
 /// Binds a TCP listener to `addr`.
 pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    Async::<std::net::TcpListener>::bind(addr)
+}
+
+/// The connections `listener` accepts, as a stream; each socket goes to a
+/// worker untouched by async-io's reactor.
+pub(crate) fn incoming(
+    listener: &TcpListener,
+) -> impl Stream<Item = io::Result<TcpStream>> + Send + Unpin + '_ {
+    Box::pin(stream::unfold(listener, |listener| async move {
+        let accepted = listener.read_with(|l| l.accept()).await;
+        Some((
+            accepted.and_then(|(socket, _)| TcpStream::new(socket)),
+            listener,
+        ))
+    }))
 }
 
 /// Opens a TCP connection to `addr`.
 pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    TcpStream::connect(addr).await
+    let connected = Async::<std::net::TcpStream>::connect(addr).await?;
+    TcpStream::new(connected.into_inner()?)
 }
 
 /// Resolves `host:port` with the system resolver, in the resolver's order.
