@@ -1,1 +1,152 @@
-fn main() {}
+//! `server-app`: the seed's echo server (`ServerProgram` with its
+//! `ClientSession`) on top of `session-core`.
+//!
+//! It binds the resolved address(es), prints them, and answers every message
+//! with the message and a suffix (`" - Receive Completed"` by default) until
+//! SIGINT (Ctrl-C) or SIGTERM, when it shuts the listener down gracefully
+//! and exits 0. Errors end it with one line on stderr and a non-zero status.
+
+mod echo;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use session_core::{Framing, IpInformation, Listener, SessionConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_async_std::Signals;
+use structopt::StructOpt;
+
+use crate::echo::EchoSession;
+use crate::output::say;
+
+/// Echo server: replies to every message with the message and a suffix.
+#[derive(Debug, StructOpt)]
+#[structopt(name = "server-app")]
+struct Opt {
+    /// Host name or address to listen on (every address it resolves to).
+    #[structopt(long, default_value = "localhost")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    #[structopt(long, default_value = "12345")]
+    port: u16,
+    /// Text appended to each reply; empty makes a plain echo.
+    #[structopt(long, default_value = " - Receive Completed")]
+    suffix: String,
+    /// Leave out the per-message lines.
+    #[structopt(long)]
+    quiet: bool,
+    /// How messages are cut from the stream: raw, lines or length-prefixed.
+    #[structopt(long, default_value = "raw")]
+    framing: Framing,
+    /// Close a connection idle for this many seconds (off by default).
+    #[structopt(long, value_name = "SECONDS", parse(try_from_str = parse_seconds))]
+    idle_timeout: Option<Duration>,
+    /// Most connections open at once.
+    #[structopt(long, value_name = "N", default_value = "10000")]
+    max_connections: usize,
+}
+
+/// A number of seconds, fractions allowed, as a duration.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let opt = match Opt::from_iter_safe(std::env::args_os()) {
+        Ok(opt) => opt,
+        Err(e) => return cli_error(&e),
+    };
+    match async_std::task::block_on(serve(opt)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `--help`/`--version` on stdout (success), or the first line of a
+/// usage error on stderr (status 2).
+fn cli_error(e: &structopt::clap::Error) -> ExitCode {
+    use structopt::clap::ErrorKind;
+    if matches!(
+        e.kind,
+        ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
+    ) {
+        println!("{}", e.message);
+        return ExitCode::SUCCESS;
+    }
+    let first = e.message.lines().next().unwrap_or("invalid arguments");
+    if first.starts_with("error:") {
+        eprintln!("{first}");
+    } else {
+        eprintln!("error: {first}");
+    }
+    ExitCode::from(2)
+}
+
+async fn serve(opt: Opt) -> Result<()> {
+    // Install the handlers first: from the moment the address is printed,
+    // SIGINT and SIGTERM mean a graceful shutdown, never the default death.
+    let signals = Signals::new([SIGINT, SIGTERM]).context("install signal handlers")?;
+    let signals_handle = signals.handle();
+
+    say!("SERVER RUNNING..");
+    let ip = IpInformation::resolve(&opt.host, opt.port).await?;
+    let config = SessionConfig {
+        framing: opt.framing,
+        idle_timeout: opt.idle_timeout,
+        max_connections: opt.max_connections,
+        ..SessionConfig::default()
+    };
+    let listener = Listener::bind(&ip, config).await?;
+    let addrs: Vec<String> = listener
+        .local_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    say!("Listening on {}", addrs.join(", "));
+
+    let stop = listener.shutdown_handle();
+    let watcher = async_std::task::spawn(async move {
+        let mut signals = signals;
+        if let Some(signal) = signals.next().await {
+            say!("Received {}, shutting down..", signal_name(signal));
+            stop.shutdown();
+        }
+        // A second signal while sessions drain: stop waiting.
+        if let Some(signal) = signals.next().await {
+            eprintln!(
+                "error: {} during shutdown, exiting now",
+                signal_name(signal)
+            );
+            std::process::exit(1);
+        }
+    });
+
+    let suffix = opt.suffix;
+    let quiet = opt.quiet;
+    listener
+        .run(move || EchoSession::new(&suffix, quiet))
+        .await
+        .context("run listener")?;
+    signals_handle.close();
+    watcher.cancel().await;
+    say!("SERVER STOPPED");
+    Ok(())
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}

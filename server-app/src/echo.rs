@@ -1,0 +1,58 @@
+//! The seed's `ClientSession`: the server-side session that answers every
+//! message with the message and a suffix.
+
+use session_core::{DisconnectReason, Session, SessionHandle};
+
+use crate::output::{printable, say, timestamp};
+
+/// Replies to each message with the message's bytes followed by the
+/// suffix's bytes, and prints what it receives and sends.
+#[derive(Debug, Clone)]
+pub struct EchoSession {
+    suffix: Vec<u8>,
+    quiet: bool,
+}
+
+impl EchoSession {
+    /// A session that appends `suffix` to each reply; `quiet` leaves out
+    /// the per-message lines.
+    pub fn new(suffix: &str, quiet: bool) -> EchoSession {
+        EchoSession {
+            suffix: suffix.as_bytes().to_vec(),
+            quiet,
+        }
+    }
+}
+
+impl Session for EchoSession {
+    fn on_connected(&mut self, handle: &SessionHandle) {
+        say!("Connected to {}", handle.peer_addr());
+    }
+
+    fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+        if !self.quiet {
+            say!(
+                "{} From client - Len : {}, String : {}",
+                timestamp(),
+                message.len(),
+                printable(message)
+            );
+        }
+        let mut reply = Vec::with_capacity(message.len() + self.suffix.len());
+        reply.extend_from_slice(message);
+        reply.extend_from_slice(&self.suffix);
+        if let Err(e) = handle.send(&reply) {
+            eprintln!("reply to {} not sent: {e}", handle.peer_addr());
+        }
+    }
+
+    fn on_sent(&mut self, _handle: &SessionHandle, message: &[u8]) {
+        if !self.quiet {
+            say!("{} To client : {}", timestamp(), printable(message));
+        }
+    }
+
+    fn on_disconnected(&mut self, handle: &SessionHandle, reason: &DisconnectReason) {
+        say!("Disconnected from {} ({reason})", handle.peer_addr());
+    }
+}
