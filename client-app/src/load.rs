@@ -1,0 +1,993 @@
+//! Load mode: many echo clients on one thread, every reply checked.
+//!
+//! The course's "dummy clients", made into a measuring tool. `--clients N`
+//! connections each send numbered messages to an echo server (`server-app
+//! --suffix ''`) and check that what comes back is, byte for byte, what was
+//! sent: message `seq` of connection `conn` holds `conn` and `seq` in hex
+//! followed by a filler that depends on `seq`, so the expected reply stream is
+//! regenerated from the two numbers and compared as it arrives (under raw
+//! framing the replies are a byte stream with no boundaries; the comparison
+//! does not need them). A reply that differs, bytes that nobody asked for, or
+//! a reply that never comes is an error, and errors make the run fail.
+//!
+//! Two ways to drive the load:
+//! - closed loop (default): each connection keeps `--window` messages in
+//!   flight and sends the next one when a reply completes;
+//! - open loop (`--rate R`): `R` messages per second in total, spread over the
+//!   connections on a fixed schedule (message `k` of a connection is due at
+//!   `start + (k + phase) / rate_per_connection`), sent in batches every
+//!   millisecond. Round trips are measured from the scheduled time, not the
+//!   time the message actually left, so a server that falls behind shows it
+//!   in the percentiles (no coordinated omission).
+//!
+//! Why one thread and raw `epoll`: the load generator shares a 2-core machine
+//! with the server it measures, and on loopback nearly all of the cost is
+//! syscalls. One level-triggered epoll loop registers each socket once, reads
+//! every reply that has arrived in one `read`, and answers with one `write`
+//! per batch: no thread switches, no re-arming. Thread-per-connection
+//! blocking sockets or async-std tasks pay a wake-up (and async-std a
+//! cross-thread one) per batch on top.
+
+use std::collections::VecDeque;
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use session_core::Framing;
+use structopt::StructOpt;
+
+/// Options of the load mode (flattened into the client's command line).
+#[derive(Debug, Clone, StructOpt)]
+pub struct LoadOptions {
+    /// Run the load mode with this many connections instead of the greeting.
+    #[structopt(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// Messages per connection (closed loop default: 1000 unless --duration).
+    #[structopt(long, value_name = "M")]
+    pub count: Option<u64>,
+    /// Send for this many seconds instead of a fixed count.
+    #[structopt(long, value_name = "SECONDS", parse(try_from_str = parse_seconds))]
+    pub duration: Option<Duration>,
+    /// Message payload size in bytes.
+    #[structopt(long, value_name = "BYTES", default_value = "64")]
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    #[structopt(long, value_name = "W", default_value = "1")]
+    pub window: usize,
+    /// Open loop: messages per second in total, spread over the connections
+    /// (0 = closed loop).
+    #[structopt(long, value_name = "R", default_value = "0")]
+    pub rate: f64,
+    /// Print the summary as one JSON line.
+    #[structopt(long)]
+    pub json: bool,
+    /// Seconds at the start that are checked but left out of the figures.
+    #[structopt(long, value_name = "SECONDS", parse(try_from_str = parse_seconds))]
+    pub warmup: Option<Duration>,
+    /// Open the connections, send nothing, hold them for --duration (default
+    /// 5 s), then close them. Prints "holding N connections" on stderr once
+    /// all are open.
+    #[structopt(long)]
+    pub idle: bool,
+}
+
+/// A number of seconds, fractions allowed, as a duration.
+fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Connections opened.
+    pub clients: usize,
+    /// Framing used, as named on the command line.
+    pub framing: &'static str,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    pub window: usize,
+    /// Target rate in messages/s (0 = closed loop).
+    pub rate: f64,
+    /// Messages sent, warm-up included.
+    pub sent: u64,
+    /// Correct replies inside the measuring window.
+    pub messages: u64,
+    /// Length of the measuring window.
+    pub elapsed: Duration,
+    /// Replies that differed from their request, or bytes nobody asked for.
+    pub corrupt: u64,
+    /// Messages whose reply never came.
+    pub lost: u64,
+    /// Connections that failed (closed by the peer, I/O error).
+    pub conn_errors: u64,
+    /// Round-trip percentiles in microseconds: p50, p99, p99.9, max.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest round trip.
+    pub max_us: f64,
+}
+
+impl Summary {
+    /// All errors together.
+    pub fn errors(&self) -> u64 {
+        self.corrupt + self.lost + self.conn_errors
+    }
+
+    /// Correct replies per second.
+    pub fn msgs_per_sec(&self) -> f64 {
+        per_sec(self.messages as f64, self.elapsed)
+    }
+
+    /// Payload megabytes (10^6) echoed per second, one direction.
+    pub fn mb_per_sec(&self) -> f64 {
+        per_sec(self.messages as f64 * self.size as f64, self.elapsed) / 1e6
+    }
+
+    /// Success when no message was lost, reordered or corrupted.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        if self.errors() == 0 {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }
+    }
+
+    /// The summary as one JSON object on one line.
+    pub fn to_json(&self) -> String {
+        format!(
+            concat!(
+                "{{\"clients\":{},\"framing\":\"{}\",\"size\":{},\"window\":{},\"rate\":{},",
+                "\"sent\":{},\"messages\":{},\"elapsed_s\":{:.6},\"msgs_per_s\":{:.1},",
+                "\"mb_per_s\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},",
+                "\"max_us\":{:.1},\"errors\":{},\"corrupt\":{},\"lost\":{},\"conn_errors\":{}}}"
+            ),
+            self.clients,
+            self.framing,
+            self.size,
+            self.window,
+            self.rate,
+            self.sent,
+            self.messages,
+            self.elapsed.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.errors(),
+            self.corrupt,
+            self.lost,
+            self.conn_errors,
+        )
+    }
+
+    /// The summary for people, a few lines.
+    pub fn to_text(&self) -> String {
+        let mode = if self.rate > 0.0 {
+            format!("open loop at {} msgs/s", self.rate)
+        } else {
+            format!("closed loop, window {}", self.window)
+        };
+        format!(
+            "load: {} clients, {} framing, {} B messages, {mode}\n\
+             messages:   {} correct in {:.2} s ({:.0} msgs/s, {:.2} MB/s), {} sent\n\
+             round trip: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us\n\
+             errors:     {} (corrupt {}, lost {}, failed connections {})",
+            self.clients,
+            self.framing,
+            self.size,
+            self.messages,
+            self.elapsed.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.mb_per_sec(),
+            self.sent,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.errors(),
+            self.corrupt,
+            self.lost,
+            self.conn_errors,
+        )
+    }
+}
+
+fn per_sec(amount: f64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 { amount / secs } else { 0.0 }
+}
+
+fn framing_name(framing: Framing) -> &'static str {
+    match framing {
+        Framing::Raw => "raw",
+        Framing::Lines => "lines",
+        Framing::LengthPrefixed => "length-prefixed",
+    }
+}
+
+/// Runs the load described by `opts` against `host:port`, prints the summary
+/// on stdout (and progress on stderr when it is a terminal), and returns it.
+///
+/// An `Err` means the run could not start (bad options, no connection);
+/// errors in the replies are counted in the [`Summary`].
+pub fn run(host: &str, port: u16, framing: Framing, opts: &LoadOptions) -> Result<Summary> {
+    let plan = Plan::new(framing, opts)?;
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}:{port}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("resolve {host}:{port}: no address");
+    }
+    let mut streams = Vec::with_capacity(plan.clients);
+    for i in 0..plan.clients {
+        let stream = connect_any(&addrs)
+            .with_context(|| format!("connection {i} of {} to {host}:{port}", plan.clients))?;
+        streams.push(stream);
+    }
+    let summary = if opts.idle {
+        hold_idle(&plan, streams)
+    } else {
+        imp::drive(&plan, streams)?
+    };
+    if opts.json {
+        println!("{}", summary.to_json());
+    } else {
+        println!("{}", summary.to_text());
+    }
+    Ok(summary)
+}
+
+fn connect_any(addrs: &[std::net::SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::other("no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, Duration::from_secs(10)) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = io::Error::new(e.kind(), format!("connect to {addr}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// Holds the connections open, sending nothing, for the idle measurement.
+fn hold_idle(plan: &Plan, streams: Vec<TcpStream>) -> Summary {
+    let hold = plan.duration.unwrap_or(Duration::from_secs(5));
+    eprintln!(
+        "holding {} connections for {:.1} s",
+        streams.len(),
+        hold.as_secs_f64()
+    );
+    std::thread::sleep(hold);
+    let mut summary = plan.summary_base();
+    summary.elapsed = hold;
+    // A server that closed a connection while it was idle has failed it.
+    for stream in &streams {
+        let _ = stream.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        match (&*stream).read(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(0) | Err(_) => summary.conn_errors += 1,
+            Ok(_) => summary.corrupt += 1,
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    summary
+}
+
+/// The load, worked out from the options.
+#[derive(Debug)]
+struct Plan {
+    framing: Framing,
+    clients: usize,
+    size: usize,
+    window: usize,
+    /// Messages per second per connection, 0 for closed loop.
+    rate_per_conn: f64,
+    rate: f64,
+    /// Messages per connection, `u64::MAX` when bounded by time only.
+    count: u64,
+    duration: Option<Duration>,
+    warmup: Duration,
+}
+
+impl Plan {
+    fn new(framing: Framing, opts: &LoadOptions) -> Result<Plan> {
+        let clients = opts.clients.unwrap_or(1);
+        if clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if opts.size == 0 {
+            bail!("--size must be at least 1");
+        }
+        if framing == Framing::LengthPrefixed && opts.size > 65_533 {
+            bail!(
+                "--size {} is more than a length-prefixed frame holds (65533)",
+                opts.size
+            );
+        }
+        if opts.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        if !(opts.rate >= 0.0 && opts.rate.is_finite()) {
+            bail!("--rate must be a non-negative number");
+        }
+        if opts.count.is_some() && opts.duration.is_some() && !opts.idle {
+            bail!("give --count or --duration, not both");
+        }
+        let warmup = opts.warmup.unwrap_or_default();
+        let rate_per_conn = opts.rate / clients as f64;
+        let count = match (opts.count, opts.duration) {
+            (Some(count), _) => count,
+            (None, Some(duration)) if rate_per_conn > 0.0 => {
+                ((duration + warmup).as_secs_f64() * rate_per_conn).ceil() as u64
+            }
+            (None, Some(_)) => u64::MAX,
+            (None, None) => 1000,
+        };
+        Ok(Plan {
+            framing,
+            clients,
+            size: opts.size,
+            window: opts.window,
+            rate_per_conn,
+            rate: opts.rate,
+            count,
+            duration: opts.duration,
+            warmup,
+        })
+    }
+
+    fn summary_base(&self) -> Summary {
+        Summary {
+            clients: self.clients,
+            framing: framing_name(self.framing),
+            size: self.size,
+            window: self.window,
+            rate: self.rate,
+            ..Summary::default()
+        }
+    }
+}
+
+/// Makes the bytes of every message, on the wire, from its connection and
+/// sequence number.
+#[derive(Debug)]
+struct MessageMaker {
+    framing: Framing,
+    size: usize,
+    /// The alphabet repeated: a message's filler is a slice of it that
+    /// starts at `seq % 26`.
+    pattern: Vec<u8>,
+}
+
+impl MessageMaker {
+    const HEADER: usize = 24;
+
+    fn new(framing: Framing, size: usize) -> MessageMaker {
+        let pattern = (0..size + 26).map(|i| b'a' + (i % 26) as u8).collect();
+        MessageMaker {
+            framing,
+            size,
+            pattern,
+        }
+    }
+
+    /// Bytes of one message on the wire, framing included.
+    fn wire_len(&self) -> usize {
+        self.size + self.framing.overhead()
+    }
+
+    /// Appends message `seq` of connection `conn`, framed, to `out`.
+    fn append(&self, conn: u32, seq: u64, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        if self.framing == Framing::LengthPrefixed {
+            // Plan::new keeps size + 2 within u16.
+            out.extend_from_slice(&((self.size + 2) as u16).to_le_bytes());
+        }
+        let mut header = [0u8; Self::HEADER];
+        for (i, slot) in header[..8].iter_mut().enumerate() {
+            *slot = HEX[((conn >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in header[8..].iter_mut().enumerate() {
+            *slot = HEX[((seq >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        let head = self.size.min(Self::HEADER);
+        out.extend_from_slice(&header[..head]);
+        let start = (seq % 26) as usize;
+        out.extend_from_slice(&self.pattern[start..start + (self.size - head)]);
+        if self.framing == Framing::Lines {
+            out.push(b'\n');
+        }
+    }
+}
+
+/// Round-trip times in a fixed log-linear histogram: 128 linear steps per
+/// power of two, so any value is known within 1 %.
+#[derive(Debug)]
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max: u64,
+}
+
+impl Histogram {
+    const SUB_BITS: u32 = 7;
+    const SUB: u64 = 1 << Self::SUB_BITS;
+
+    fn new() -> Histogram {
+        Histogram {
+            buckets: vec![0; ((64 - Self::SUB_BITS as usize) + 1) * Self::SUB as usize],
+            count: 0,
+            max: 0,
+        }
+    }
+
+    fn index(value: u64) -> usize {
+        if value < Self::SUB {
+            return value as usize;
+        }
+        let exp = 63 - value.leading_zeros();
+        let shift = exp - Self::SUB_BITS;
+        ((shift as u64 + 1) * Self::SUB + ((value >> shift) - Self::SUB)) as usize
+    }
+
+    /// The middle of the values that fall in bucket `index`.
+    fn value_at(index: usize) -> u64 {
+        let index = index as u64;
+        if index < Self::SUB {
+            return index;
+        }
+        let shift = index / Self::SUB - 1;
+        let lower = (index % Self::SUB + Self::SUB) << shift;
+        lower + (1u64 << shift) / 2
+    }
+
+    fn record(&mut self, value: u64) {
+        self.buckets[Self::index(value)] += 1;
+        self.count += 1;
+        self.max = self.max.max(value);
+    }
+
+    fn percentile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (index, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Self::value_at(index).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// A one-line progress report on stderr, only when it is a terminal.
+#[derive(Debug)]
+struct Progress {
+    enabled: bool,
+    next: Instant,
+    drawn: bool,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn new(start: Instant) -> Progress {
+        Progress {
+            enabled: io::stderr().is_terminal(),
+            next: start + Self::EVERY,
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, now: Instant, done: f64, text: &str) {
+        if !self.enabled || now < self.next {
+            return;
+        }
+        self.next = now + Self::EVERY;
+        let width = 30;
+        let filled = ((done.clamp(0.0, 1.0)) * width as f64) as usize;
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
+        let mut err = io::stderr().lock();
+        let _ = write!(err, "\r[{bar}] {:3.0}% {text}\x1b[K", done * 100.0);
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// Why a connection stopped before its work was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A reply differed from what was sent.
+    Corrupt,
+    /// The peer closed the connection or the socket failed.
+    Broken,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    id: u32,
+    /// Sequence number of the next message to send.
+    next_seq: u64,
+    /// Sequence number of the reply being received.
+    recv_seq: u64,
+    /// Wire bytes the reply `recv_seq` must have, and how many matched.
+    expect: Vec<u8>,
+    expect_off: usize,
+    /// Send (or scheduled) times of the messages in flight, ns after start.
+    times: VecDeque<u64>,
+    /// Bytes queued for the socket, written from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    want_write: bool,
+    failed: Option<Failure>,
+    /// Scheduled time of message 0 in ns (open loop phase).
+    phase_ns: f64,
+}
+
+impl Conn {
+    fn in_flight(&self) -> u64 {
+        self.next_seq - self.recv_seq
+    }
+}
+
+/// The epoll loop (Linux).
+#[cfg(target_os = "linux")]
+mod imp {
+    use super::*;
+    use rustix::buffer::spare_capacity;
+    use rustix::event::{Timespec, epoll};
+
+    /// Cap on unwritten bytes per connection in open loop: past it, due
+    /// messages wait (and their round trips, measured from the schedule,
+    /// show the wait).
+    const OUT_CAP: usize = 1 << 20;
+    /// Open-loop sends go out in batches this far apart.
+    const TICK: Duration = Duration::from_millis(1);
+    /// After the last send, how long replies may take to arrive.
+    const DRAIN: Duration = Duration::from_secs(5);
+
+    struct Loop<'a> {
+        plan: &'a Plan,
+        maker: MessageMaker,
+        epoll: rustix::fd::OwnedFd,
+        start: Instant,
+        /// Completions at or after this (ns after start) are measured.
+        measure_from: u64,
+        /// No new messages after this (ns after start), closed loop by time.
+        send_until: u64,
+        hist: Histogram,
+        messages: u64,
+        last_done: u64,
+        sent: u64,
+        corrupt: u64,
+        conn_errors: u64,
+    }
+
+    fn ns(d: Duration) -> u64 {
+        d.as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    pub(super) fn drive(plan: &Plan, streams: Vec<TcpStream>) -> Result<Summary> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).context("epoll_create")?;
+        let maker = MessageMaker::new(plan.framing, plan.size);
+        let mut conns = Vec::with_capacity(streams.len());
+        for (i, stream) in streams.into_iter().enumerate() {
+            stream.set_nonblocking(true)?;
+            epoll::add(
+                &epoll,
+                &stream,
+                epoll::EventData::new_u64(i as u64),
+                epoll::EventFlags::IN,
+            )
+            .context("epoll_ctl add")?;
+            let mut expect = Vec::with_capacity(maker.wire_len());
+            maker.append(i as u32, 0, &mut expect);
+            conns.push(Conn {
+                stream,
+                id: i as u32,
+                next_seq: 0,
+                recv_seq: 0,
+                expect,
+                expect_off: 0,
+                times: VecDeque::with_capacity(plan.window),
+                out: Vec::with_capacity(plan.window * maker.wire_len()),
+                out_pos: 0,
+                want_write: false,
+                failed: None,
+                phase_ns: if plan.rate_per_conn > 0.0 {
+                    i as f64 / plan.clients as f64 * 1e9 / plan.rate_per_conn
+                } else {
+                    0.0
+                },
+            });
+        }
+        let start = Instant::now();
+        let send_until = match plan.duration {
+            Some(d) if plan.rate_per_conn == 0.0 => ns(plan.warmup + d),
+            _ => u64::MAX,
+        };
+        let mut lp = Loop {
+            plan,
+            maker,
+            epoll,
+            start,
+            measure_from: ns(plan.warmup),
+            send_until,
+            hist: Histogram::new(),
+            messages: 0,
+            last_done: 0,
+            sent: 0,
+            corrupt: 0,
+            conn_errors: 0,
+        };
+        lp.run(&mut conns)?;
+        let mut summary = plan.summary_base();
+        summary.sent = lp.sent;
+        summary.messages = lp.messages;
+        // The window runs from its start (or the first measured reply, when
+        // the run is too short for a warm-up) to the last reply.
+        let from = if plan.warmup.is_zero() {
+            0
+        } else {
+            lp.measure_from
+        };
+        summary.elapsed = Duration::from_nanos(lp.last_done.saturating_sub(from));
+        summary.corrupt = lp.corrupt;
+        summary.conn_errors = lp.conn_errors;
+        // A corrupt reply was in flight too; the rest never came back right.
+        summary.lost = conns
+            .iter()
+            .map(|c| match c.failed {
+                Some(Failure::Corrupt) => c.in_flight().saturating_sub(1),
+                _ => c.in_flight(),
+            })
+            .sum();
+        summary.p50_us = lp.hist.percentile(0.50) as f64 / 1e3;
+        summary.p99_us = lp.hist.percentile(0.99) as f64 / 1e3;
+        summary.p999_us = lp.hist.percentile(0.999) as f64 / 1e3;
+        summary.max_us = lp.hist.max as f64 / 1e3;
+        Ok(summary)
+    }
+
+    impl Loop<'_> {
+        fn now_ns(&self) -> u64 {
+            ns(self.start.elapsed())
+        }
+
+        /// Whether connection `c` may still send messages.
+        fn more_to_send(&self, c: &Conn, now: u64) -> bool {
+            c.failed.is_none() && c.next_seq < self.plan.count && now < self.send_until
+        }
+
+        fn run(&mut self, conns: &mut [Conn]) -> Result<()> {
+            let open_loop = self.plan.rate_per_conn > 0.0;
+            if !open_loop {
+                for c in conns.iter_mut() {
+                    let n = (self.plan.window as u64).min(self.plan.count);
+                    for _ in 0..n {
+                        self.push_message(c, 0);
+                    }
+                    self.flush(c);
+                }
+            }
+            let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut progress = Progress::new(self.start);
+            let mut next_tick = 0u64;
+            let mut drain_deadline: Option<u64> = None;
+            let mut last_progress = 0u64;
+            let mut last_messages = 0u64;
+            loop {
+                let now = self.now_ns();
+                // Finished: nothing left to send anywhere and nothing in flight.
+                let sending = conns.iter().any(|c| self.more_to_send(c, now));
+                let waiting = conns
+                    .iter()
+                    .any(|c| c.failed.is_none() && c.in_flight() > 0);
+                if !sending && !waiting {
+                    break;
+                }
+                if !sending {
+                    let deadline = *drain_deadline.get_or_insert(now + ns(DRAIN));
+                    if now >= deadline {
+                        break;
+                    }
+                }
+                if open_loop && now >= next_tick {
+                    for c in conns.iter_mut() {
+                        self.send_due(c, now);
+                    }
+                    next_tick = now + ns(TICK);
+                }
+                // Wake for the next tick, the progress line, or the drain end.
+                let mut wake = now + ns(Progress::EVERY);
+                if open_loop && sending {
+                    wake = wake.min(next_tick);
+                }
+                if let Some(d) = drain_deadline {
+                    wake = wake.min(d);
+                }
+                if self.send_until != u64::MAX && sending {
+                    wake = wake.min(self.send_until);
+                }
+                let timeout = Duration::from_nanos(wake.saturating_sub(self.now_ns()));
+                let ts = Timespec {
+                    tv_sec: timeout.as_secs() as _,
+                    tv_nsec: timeout.subsec_nanos() as _,
+                };
+                events.clear();
+                match epoll::wait(&self.epoll, spare_capacity(&mut events), Some(&ts)) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(io::Error::from(e)).context("epoll_wait"),
+                }
+                let now = self.now_ns();
+                for ev in events.iter() {
+                    let index = ev.data.u64() as usize;
+                    let flags = ev.flags;
+                    let c = &mut conns[index];
+                    if c.failed.is_some() {
+                        continue;
+                    }
+                    if flags.intersects(epoll::EventFlags::OUT) {
+                        self.flush(c);
+                    }
+                    if flags.intersects(
+                        epoll::EventFlags::IN | epoll::EventFlags::ERR | epoll::EventFlags::HUP,
+                    ) {
+                        self.on_readable(c, &mut buf, now);
+                    }
+                }
+                let now = self.now_ns();
+                if now >= last_progress + ns(Progress::EVERY) {
+                    last_progress = now;
+                    let total_done: u64 = conns.iter().map(|c| c.recv_seq).sum();
+                    let frac = self.fraction_done(now, total_done, conns.len());
+                    let rate = (total_done - last_messages) as f64 / Progress::EVERY.as_secs_f64();
+                    last_messages = total_done;
+                    let errors = self.corrupt + self.conn_errors;
+                    progress.draw(
+                        self.start + Duration::from_nanos(now),
+                        frac,
+                        &format!("{total_done} replies, {rate:.0}/s, {errors} errors"),
+                    );
+                }
+            }
+            progress.finish();
+            Ok(())
+        }
+
+        fn fraction_done(&self, now: u64, total_done: u64, clients: usize) -> f64 {
+            if self.plan.count != u64::MAX {
+                total_done as f64 / (self.plan.count as f64 * clients as f64)
+            } else {
+                now as f64 / self.send_until.max(1) as f64
+            }
+        }
+
+        /// Queues message `c.next_seq`, stamped with `time` (ns after start).
+        fn push_message(&mut self, c: &mut Conn, time: u64) {
+            self.maker.append(c.id, c.next_seq, &mut c.out);
+            c.times.push_back(time);
+            c.next_seq += 1;
+            self.sent += 1;
+        }
+
+        /// Open loop: queues every message whose scheduled time has come.
+        fn send_due(&mut self, c: &mut Conn, now: u64) {
+            if c.failed.is_some() {
+                return;
+            }
+            let per_ns = 1e9 / self.plan.rate_per_conn;
+            while c.next_seq < self.plan.count && c.out.len() - c.out_pos < OUT_CAP {
+                let due = (c.phase_ns + c.next_seq as f64 * per_ns) as u64;
+                if due > now {
+                    break;
+                }
+                self.push_message(c, due);
+            }
+            self.flush(c);
+        }
+
+        /// Writes queued bytes until done or the socket is full.
+        fn flush(&mut self, c: &mut Conn) {
+            while c.out_pos < c.out.len() {
+                match (&c.stream).write(&c.out[c.out_pos..]) {
+                    Ok(0) => {
+                        self.fail(c, Failure::Broken);
+                        return;
+                    }
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.fail(c, Failure::Broken);
+                        return;
+                    }
+                }
+            }
+            if c.out_pos == c.out.len() {
+                c.out.clear();
+                c.out_pos = 0;
+            } else if c.out_pos > c.out.len() / 2 {
+                c.out.drain(..c.out_pos);
+                c.out_pos = 0;
+            }
+            let want_write = !c.out.is_empty();
+            if want_write != c.want_write {
+                c.want_write = want_write;
+                let mut flags = epoll::EventFlags::IN;
+                if want_write {
+                    flags |= epoll::EventFlags::OUT;
+                }
+                let data = epoll::EventData::new_u64(u64::from(c.id));
+                if epoll::modify(&self.epoll, &c.stream, data, flags).is_err() {
+                    self.fail(c, Failure::Broken);
+                }
+            }
+        }
+
+        /// Reads what has arrived and checks it against what was sent.
+        fn on_readable(&mut self, c: &mut Conn, buf: &mut [u8], now: u64) {
+            let n = match (&c.stream).read(buf) {
+                Ok(0) => {
+                    self.fail(c, Failure::Broken);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return;
+                }
+                Err(_) => {
+                    self.fail(c, Failure::Broken);
+                    return;
+                }
+            };
+            let mut data = &buf[..n];
+            let mut completed = 0u64;
+            while !data.is_empty() {
+                if c.recv_seq >= c.next_seq {
+                    // Bytes beyond everything that was sent.
+                    self.fail(c, Failure::Corrupt);
+                    return;
+                }
+                let want = &c.expect[c.expect_off..];
+                let take = want.len().min(data.len());
+                if want[..take] != data[..take] {
+                    self.fail(c, Failure::Corrupt);
+                    return;
+                }
+                data = &data[take..];
+                c.expect_off += take;
+                if c.expect_off == c.expect.len() {
+                    let sent_at = c.times.pop_front().unwrap_or(now);
+                    if now >= self.measure_from {
+                        self.hist.record(now.saturating_sub(sent_at));
+                        self.messages += 1;
+                        self.last_done = now;
+                    }
+                    c.recv_seq += 1;
+                    c.expect.clear();
+                    c.expect_off = 0;
+                    self.maker.append(c.id, c.recv_seq, &mut c.expect);
+                    completed += 1;
+                }
+            }
+            if self.plan.rate_per_conn == 0.0 {
+                for _ in 0..completed {
+                    if !self.more_to_send(c, now) {
+                        break;
+                    }
+                    self.push_message(c, now);
+                }
+                if completed > 0 {
+                    self.flush(c);
+                }
+            }
+        }
+
+        /// Stops a connection: its in-flight messages count as lost, except
+        /// the one that arrived wrong, which counts as corrupt.
+        fn fail(&mut self, c: &mut Conn, why: Failure) {
+            if c.failed.is_some() {
+                return;
+            }
+            c.failed = Some(why);
+            match why {
+                Failure::Corrupt => self.corrupt += 1,
+                Failure::Broken => self.conn_errors += 1,
+            }
+            let _ = epoll::delete(&self.epoll, &c.stream);
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Without epoll the load mode is not available.
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use super::*;
+
+    pub(super) fn drive(_plan: &Plan, _streams: Vec<TcpStream>) -> Result<Summary> {
+        bail!("the load mode needs Linux (epoll)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_within_one_percent() {
+        let mut h = Histogram::new();
+        for v in 1..=100_000u64 {
+            h.record(v * 1000);
+        }
+        for (q, want) in [(0.5, 50_000_000.0), (0.99, 99_000_000.0)] {
+            let got = h.percentile(q) as f64;
+            assert!((got - want).abs() / want < 0.01, "q {q}: {got} vs {want}");
+        }
+        assert_eq!(h.max, 100_000_000);
+        for v in [0u64, 1, 127, 128, 255, 256, 1 << 40, u64::MAX] {
+            let i = Histogram::index(v);
+            assert!(i < h.buckets.len());
+            let mid = Histogram::value_at(i);
+            assert!(mid.abs_diff(v) <= v / 64 + 1, "{v} -> {mid}");
+        }
+    }
+
+    #[test]
+    fn messages_carry_their_numbers_and_framing() {
+        let m = MessageMaker::new(Framing::LengthPrefixed, 30);
+        let mut out = Vec::new();
+        m.append(0x12, 0x3456, &mut out);
+        assert_eq!(out.len(), m.wire_len());
+        assert_eq!(&out[..2], &32u16.to_le_bytes());
+        assert_eq!(&out[2..26], b"000000120000000000003456");
+        let lines = MessageMaker::new(Framing::Lines, 8);
+        let mut out = Vec::new();
+        lines.append(1, 2, &mut out);
+        assert_eq!(out, b"00000001\n");
+        let raw = MessageMaker::new(Framing::Raw, 64);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        raw.append(1, 2, &mut a);
+        raw.append(1, 3, &mut b);
+        assert_ne!(a, b);
+        assert!(!a.contains(&b'\n'));
+    }
+}
