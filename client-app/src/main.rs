@@ -1,1 +1,195 @@
-fn main() {}
+//! `client-app`: the seed's greeting client (`ClientProgram` with its
+//! `ServerSession`) on top of `session-core`.
+//!
+//! It connects, sends `--count` greetings (`"Hi 0"`, `"Hi 1"`, ...) one
+//! `--interval` apart from a task of its own, waits up to `--wait` seconds
+//! after the last one for the server to have echoed every greeting, then
+//! disconnects and exits 0. An unreachable server, a server that hangs up
+//! early, or replies that never come end it with one line on stderr and
+//! status 1.
+
+mod greeter;
+mod output;
+mod replies;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use session_core::{Connector, Framing, IpInformation, SessionConfig, SessionHandle};
+use structopt::StructOpt;
+
+use crate::greeter::{Greeter, Shared};
+use crate::output::say;
+
+/// Greeting client: sends numbered greetings and waits for their echoes.
+#[derive(Debug, StructOpt)]
+#[structopt(name = "client-app")]
+struct Opt {
+    /// Host name or address of the server (every address it resolves to is
+    /// tried in turn).
+    #[structopt(long, default_value = "localhost")]
+    host: String,
+    /// Port of the server.
+    #[structopt(long, default_value = "12345")]
+    port: u16,
+    /// How many greetings to send.
+    #[structopt(long, default_value = "5")]
+    count: usize,
+    /// Seconds between two greetings (fractions allowed).
+    #[structopt(long, value_name = "SECONDS", default_value = "1.0", parse(try_from_str = parse_seconds))]
+    interval: Duration,
+    /// The greeting; `{i}` becomes its index, from 0.
+    #[structopt(long, default_value = "Hi {i}")]
+    message: String,
+    /// How messages are cut from the stream: raw, lines or length-prefixed.
+    #[structopt(long, default_value = "raw")]
+    framing: Framing,
+    /// Seconds to wait for the replies after the last greeting.
+    #[structopt(long, value_name = "SECONDS", default_value = "5", parse(try_from_str = parse_seconds))]
+    wait: Duration,
+}
+
+/// A number of seconds, fractions allowed, as a duration.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let opt = match Opt::from_iter_safe(std::env::args_os()) {
+        Ok(opt) => opt,
+        Err(e) => return cli_error(&e),
+    };
+    match async_std::task::block_on(greet(opt)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `--help`/`--version` on stdout (success), or the first line of a
+/// usage error on stderr (status 2).
+fn cli_error(e: &structopt::clap::Error) -> ExitCode {
+    use structopt::clap::ErrorKind;
+    if matches!(
+        e.kind,
+        ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
+    ) {
+        println!("{}", e.message);
+        return ExitCode::SUCCESS;
+    }
+    let first = e.message.lines().next().unwrap_or("invalid arguments");
+    if first.starts_with("error:") {
+        eprintln!("{first}");
+    } else {
+        eprintln!("error: {first}");
+    }
+    ExitCode::from(2)
+}
+
+async fn greet(opt: Opt) -> Result<()> {
+    say!("CLIENT RUNNING..");
+    let greetings: Vec<Vec<u8>> = (0..opt.count)
+        .map(|i| opt.message.replace("{i}", &i.to_string()).into_bytes())
+        .collect();
+    let config = SessionConfig {
+        framing: opt.framing,
+        ..SessionConfig::default()
+    };
+    let connector = Connector::new(config)?;
+    let server = IpInformation::resolve(&opt.host, opt.port).await?;
+
+    let (changed, on_change) = async_std::channel::bounded(1);
+    let shared = Shared::new(greetings.clone(), changed);
+    let connection = connector
+        .connect(&server, Greeter::new(shared.clone()))
+        .await?;
+    let handle = connection.handle().clone();
+    let sender = async_std::task::spawn(send_greetings(
+        handle.clone(),
+        greetings,
+        opt.interval,
+        shared.clone(),
+    ));
+
+    let outcome = wait_for_replies(&shared, &on_change, opt.count, opt.wait).await;
+    sender.cancel().await;
+    handle.disconnect();
+    connection.closed().await;
+    outcome
+}
+
+/// The seed's `ServerSession.Body()`, off the callback thread: queue each
+/// greeting, one interval apart.
+async fn send_greetings(
+    handle: SessionHandle,
+    greetings: Vec<Vec<u8>>,
+    interval: Duration,
+    shared: Shared,
+) {
+    for (i, greeting) in greetings.iter().enumerate() {
+        if i > 0 {
+            async_std::task::sleep(interval).await;
+        }
+        if let Err(e) = handle.send(greeting) {
+            shared.update(|p| p.send_error = Some(e));
+            return;
+        }
+    }
+    shared.update(|p| p.all_sent = true);
+}
+
+/// Waits until all `count` replies are in (success), the connection ends
+/// first, a send fails, or `wait` passes after the last greeting.
+async fn wait_for_replies(
+    shared: &Shared,
+    on_change: &async_std::channel::Receiver<()>,
+    count: usize,
+    wait: Duration,
+) -> Result<()> {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        {
+            let progress = shared.lock();
+            let found = progress.replies.found();
+            if progress.all_sent && found >= count {
+                return Ok(());
+            }
+            if let Some(e) = &progress.send_error {
+                bail!("sending greeting {found}: {e}");
+            }
+            if let Some(reason) = &progress.closed {
+                bail!(
+                    "the server closed the connection after {found} of {count} replies ({reason})"
+                );
+            }
+            if progress.all_sent && deadline.is_none() {
+                deadline = Some(Instant::now() + wait);
+            }
+        }
+        match deadline {
+            None => {
+                let _ = on_change.recv().await;
+            }
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if async_std::future::timeout(left, on_change.recv())
+                    .await
+                    .is_err()
+                {
+                    let found = shared.lock().replies.found();
+                    bail!(
+                        "{found} of {count} replies within {:.1} s of the last greeting",
+                        wait.as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
