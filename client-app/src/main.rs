@@ -7,22 +7,28 @@
 //! disconnects and exits 0. An unreachable server, a server that hangs up
 //! early, or replies that never come end it with one line on stderr and
 //! status 1.
+//!
+//! With `--clients N` it runs the load mode instead (see `load.rs`): many
+//! connections, every reply checked, a summary at the end. The two modes
+//! share `--host`, `--port`, `--framing` and `--count` (greetings in the
+//! greeting mode, default 5; messages per connection in the load mode).
 
 mod greeter;
+mod load;
 mod output;
 mod replies;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use session_core::{Connector, Framing, IpInformation, SessionConfig, SessionHandle};
 use structopt::StructOpt;
 
 use crate::greeter::{Greeter, Shared};
 use crate::output::say;
 
-/// Greeting client: sends numbered greetings and waits for their echoes.
+/// The command line of both modes.
 #[derive(Debug, StructOpt)]
 #[structopt(name = "client-app")]
 struct Opt {
@@ -33,9 +39,6 @@ struct Opt {
     /// Port of the server.
     #[structopt(long, default_value = "12345")]
     port: u16,
-    /// How many greetings to send.
-    #[structopt(long, default_value = "5")]
-    count: usize,
     /// Seconds between two greetings (fractions allowed).
     #[structopt(long, value_name = "SECONDS", default_value = "1.0", parse(try_from_str = parse_seconds))]
     interval: Duration,
@@ -48,7 +51,13 @@ struct Opt {
     /// Seconds to wait for the replies after the last greeting.
     #[structopt(long, value_name = "SECONDS", default_value = "5", parse(try_from_str = parse_seconds))]
     wait: Duration,
+    /// The load mode's options, `--count` among them.
+    #[structopt(flatten)]
+    load: load::LoadOptions,
 }
+
+/// Greetings sent when `--count` is not given.
+const DEFAULT_GREETINGS: u64 = 5;
 
 /// A number of seconds, fractions allowed, as a duration.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -59,11 +68,28 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
 }
 
+/// What `--help` says first. Set on the built parser because a flattened
+/// struct's doc comment would otherwise replace the one on `Opt`.
+const ABOUT: &str = "Greeting client: sends --count numbered greetings (default 5) and waits for \
+their echoes. With --clients N: load mode, --count messages per connection (default 1000).";
+
 fn main() -> ExitCode {
-    let opt = match Opt::from_iter_safe(std::env::args_os()) {
-        Ok(opt) => opt,
+    let matches = Opt::clap()
+        .about(ABOUT)
+        .get_matches_from_safe(std::env::args_os());
+    let opt = match matches {
+        Ok(matches) => Opt::from_clap(&matches),
         Err(e) => return cli_error(&e),
     };
+    if opt.load.clients.is_some() {
+        return match load::run(&opt.host, opt.port, opt.framing, &opt.load) {
+            Ok(summary) => summary.exit_code(),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match async_std::task::block_on(greet(opt)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,7 +107,8 @@ fn cli_error(e: &structopt::clap::Error) -> ExitCode {
         e.kind,
         ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
     ) {
-        println!("{}", e.message);
+        // Through `say!`: `--help | head` must not panic on the closed pipe.
+        say!("{}", e.message);
         return ExitCode::SUCCESS;
     }
     let first = e.message.lines().next().unwrap_or("invalid arguments");
@@ -95,7 +122,9 @@ fn cli_error(e: &structopt::clap::Error) -> ExitCode {
 
 async fn greet(opt: Opt) -> Result<()> {
     say!("CLIENT RUNNING..");
-    let greetings: Vec<Vec<u8>> = (0..opt.count)
+    let count = opt.load.count.unwrap_or(DEFAULT_GREETINGS);
+    let count = usize::try_from(count).context("--count is too large")?;
+    let greetings: Vec<Vec<u8>> = (0..count)
         .map(|i| opt.message.replace("{i}", &i.to_string()).into_bytes())
         .collect();
     let config = SessionConfig {
@@ -118,7 +147,7 @@ async fn greet(opt: Opt) -> Result<()> {
         shared.clone(),
     ));
 
-    let outcome = wait_for_replies(&shared, &on_change, opt.count, opt.wait).await;
+    let outcome = wait_for_replies(&shared, &on_change, count, opt.wait).await;
     sender.cancel().await;
     handle.disconnect();
     connection.closed().await;

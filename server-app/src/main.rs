@@ -80,7 +80,8 @@ fn cli_error(e: &structopt::clap::Error) -> ExitCode {
         e.kind,
         ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
     ) {
-        println!("{}", e.message);
+        // Through `say!`: `--help | head` must not panic on the closed pipe.
+        say!("{}", e.message);
         return ExitCode::SUCCESS;
     }
     let first = e.message.lines().next().unwrap_or("invalid arguments");
