@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use session_core::{Connector, Framing, IpInformation, SessionConfig, SessionHandle};
+use session_core::{Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle};
 use structopt::StructOpt;
 
 use crate::greeter::{Greeter, Shared};
@@ -190,13 +190,18 @@ async fn wait_for_replies(
             if progress.all_sent && found >= count {
                 return Ok(());
             }
-            if let Some(e) = &progress.send_error {
-                bail!("sending greeting {found}: {e}");
-            }
             if let Some(reason) = &progress.closed {
                 bail!(
                     "the server closed the connection after {found} of {count} replies ({reason})"
                 );
+            }
+            // `Closed` means the session is ending: its reason follows.
+            if let Some(e) = progress
+                .send_error
+                .as_ref()
+                .filter(|e| **e != SendError::Closed)
+            {
+                bail!("sending greeting {found}: {e}");
             }
             if progress.all_sent && deadline.is_none() {
                 deadline = Some(Instant::now() + wait);
