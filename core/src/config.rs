@@ -61,6 +61,12 @@ pub struct SessionConfig {
     /// Most sessions one listener keeps open at once; a connection over the
     /// limit is closed at once and counted. Default 10,000.
     pub max_connections: usize,
+    /// The kernel's send buffer per socket (`SO_SNDBUF`), in bytes. Default
+    /// `None`: the kernel's own, which on Linux grows by itself up to
+    /// `net.ipv4.tcp_wmem`'s maximum (often 4 MiB) for a peer that does not
+    /// read. Set it to bound what a slow consumer costs beyond
+    /// [`max_send_queue`](Self::max_send_queue).
+    pub socket_send_buffer: Option<usize>,
     /// Disable Nagle's algorithm on every connection, so small messages leave
     /// at once. Default `true`.
     pub nodelay: bool,
@@ -79,6 +85,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            socket_send_buffer: None,
             nodelay: true,
         }
     }
@@ -128,6 +135,18 @@ impl SessionConfig {
         Ok(())
     }
 
+    /// Applies the socket options of this config to a new connection.
+    pub(crate) fn apply_to(&self, socket: &std::net::TcpStream) {
+        if self.nodelay {
+            let _ = socket.set_nodelay(true);
+        }
+        if let Some(size) = self.socket_send_buffer {
+            if let Err(e) = socket2::SockRef::from(socket).set_send_buffer_size(size) {
+                log::debug!("set SO_SNDBUF to {size}: {e}");
+            }
+        }
+    }
+
     pub(crate) fn validated(&self) -> std::io::Result<()> {
         self.validate().map_err(|message| {
             std::io::Error::new(
@@ -141,6 +160,27 @@ impl SessionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_options_are_applied_to_new_connections() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let default = socket2::SockRef::from(&server).send_buffer_size().unwrap();
+        let config = SessionConfig {
+            socket_send_buffer: Some(8 * 1024),
+            ..SessionConfig::default()
+        };
+        config.apply_to(&server);
+        let set = socket2::SockRef::from(&server).send_buffer_size().unwrap();
+        // Linux doubles the request for its own bookkeeping.
+        assert!(
+            (8 * 1024..=16 * 1024).contains(&set),
+            "SO_SNDBUF {set}, default {default}"
+        );
+        assert!(server.nodelay().unwrap());
+        drop(client);
+    }
 
     #[test]
     fn default_is_valid() {

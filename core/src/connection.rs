@@ -469,7 +469,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 } else if !self.reading && queued <= self.low_watermark {
                     self.reading = true;
                 }
-                if self.reading {
+                if self.reading && !shared.read_paused.load(Ordering::SeqCst) {
                     if reads == READS_PER_POLL {
                         // Let other sessions of this thread have a turn.
                         shared.polling.store(false, Ordering::SeqCst);

@@ -475,3 +475,39 @@ fn sends_from_other_threads_arrive_whole_and_in_order_per_sender() {
         assert!(matches!(task.await, DisconnectReason::LocalClose));
     });
 }
+
+#[test]
+fn pause_reading_holds_the_peer_back_until_resume() {
+    let (server, mut client) = duplex(1 << 16);
+    let log = Log::default();
+    let session = Recorder {
+        log: log.clone(),
+        ..Recorder::default()
+    };
+    let config = SessionConfig {
+        framing: Framing::Lines,
+        ..SessionConfig::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &config, session);
+    handle.pause_reading();
+    let task = async_std::task::spawn(task);
+    async_std::task::block_on(async {
+        client.write_all(b"one\ntwo\n").await.unwrap();
+    });
+    // Paused: the engine sends but does not read.
+    handle.send(b"still sending").unwrap();
+    async_std::task::block_on(async {
+        let mut line = vec![0; 14];
+        client.read_exact(&mut line).await.unwrap();
+        assert_eq!(line, b"still sending\n");
+    });
+    assert!(received(&log).is_empty(), "nothing is read while paused");
+    handle.resume_reading();
+    wait_for("both lines after resume", || received(&log).len() == 2);
+    assert_eq!(received(&log), [b"one".to_vec(), b"two".to_vec()]);
+    handle.disconnect();
+    assert!(matches!(
+        async_std::task::block_on(task),
+        DisconnectReason::LocalClose
+    ));
+}

@@ -79,9 +79,7 @@ impl Connector {
         let socket = stream.get_ref();
         let peer = socket.peer_addr()?;
         let local = socket.local_addr()?;
-        if self.config.nodelay {
-            let _ = socket.set_nodelay(true);
-        }
+        self.config.apply_to(socket);
         let (handle, engine) = run_session(stream, peer, local, &self.config, session);
         let (done, task) = oneshot::channel();
         rt::spawn_on_worker(async move {

@@ -276,9 +276,7 @@ fn accept_one<S, F>(
     let (Ok(peer), Ok(local)) = (socket.peer_addr(), socket.local_addr()) else {
         return;
     };
-    if config.nodelay {
-        let _ = socket.set_nodelay(true);
-    }
+    config.apply_to(socket);
     let session = match catch_unwind(AssertUnwindSafe(&mut *factory)) {
         Ok(session) => session,
         Err(payload) => {

@@ -222,6 +222,8 @@ pub(crate) struct Shared {
     pub(crate) state: AtomicU8,
     /// Wakes the engine for a new frame or a close request.
     pub(crate) waker: AtomicWaker,
+    /// The user asked the session to stop reading (see `pause_reading`).
+    pub(crate) read_paused: AtomicBool,
     /// Set, under the outbox lock, once the engine has ended: nothing queued
     /// after that could ever be written.
     pub(crate) finished: AtomicBool,
@@ -276,6 +278,7 @@ impl SessionHandle {
                 waker: AtomicWaker::new(),
                 polling: AtomicBool::new(false),
                 finished: AtomicBool::new(false),
+                read_paused: AtomicBool::new(false),
             }),
         }
     }
@@ -308,6 +311,26 @@ impl SessionHandle {
     /// Bytes queued for the peer and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// The largest payload this session sends or accepts.
+    pub fn max_frame_len(&self) -> usize {
+        self.shared.max_frame_len
+    }
+
+    /// Stops reading from the peer until [`resume_reading`](Self::resume_reading):
+    /// its bytes wait in the kernel and then in the peer, which is TCP's own
+    /// back-pressure. For a session whose messages feed shared work (a room's
+    /// job queue) that is falling behind. Sending, timeouts and closing go on.
+    pub fn pause_reading(&self) {
+        self.shared.read_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads from the peer again after [`pause_reading`](Self::pause_reading).
+    pub fn resume_reading(&self) {
+        if self.shared.read_paused.swap(false, Ordering::SeqCst) {
+            self.shared.waker.wake();
+        }
     }
 
     /// Queues `message` for the peer, framed, behind every message queued
