@@ -114,17 +114,21 @@ impl Listener {
                     addrs.push(bound);
                     sockets.push(socket);
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
+                Err(e) => errors.push((addr, e)),
             }
         }
         if sockets.is_empty() {
-            return Err(io::Error::other(format!(
-                "bind {ip}: {}",
-                errors.join("; ")
-            )));
+            return Err(match (ip.endpoints(), errors.pop()) {
+                // One address: its own error, naming the address once.
+                ([_], Some((addr, e))) => io::Error::new(e.kind(), format!("bind {addr}: {e}")),
+                (_, last) => {
+                    errors.extend(last);
+                    io::Error::other(format!("bind {ip}: {}", describe(&errors)))
+                }
+            });
         }
-        for error in errors {
-            log::warn!("bind {ip}: skipped {error}");
+        for (addr, e) in errors {
+            log::warn!("bind {ip}: skipped {addr}: {e}");
         }
         Ok(Listener {
             sockets,
@@ -241,6 +245,15 @@ impl ListenerStatsHandle {
             active: self.0.active.load(Ordering::Acquire),
         }
     }
+}
+
+/// `addr: error; addr: error`.
+fn describe(errors: &[(SocketAddr, io::Error)]) -> String {
+    let each: Vec<String> = errors
+        .iter()
+        .map(|(addr, e)| format!("{addr}: {e}"))
+        .collect();
+    each.join("; ")
 }
 
 /// Errors that concern one connection that never got to us, not the listener.

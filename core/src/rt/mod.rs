@@ -77,10 +77,13 @@ pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     TcpStream::new(connected.into_inner()?)
 }
 
-/// Resolves `host:port` with the system resolver, in the resolver's order.
+/// Resolves `host:port` with the system resolver, in the resolver's order,
+/// on a thread where blocking is allowed.
 pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    use async_std::net::ToSocketAddrs;
-    Ok((host, port).to_socket_addrs().await?.collect())
+    use std::net::ToSocketAddrs;
+    let host = host.to_owned();
+    async_std::task::spawn_blocking(move || Ok((host.as_str(), port).to_socket_addrs()?.collect()))
+        .await
 }
 
 /// A bounded multi-producer channel, used by the job queue.
