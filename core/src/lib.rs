@@ -42,6 +42,7 @@ mod framing;
 mod ip_information;
 mod job_queue;
 mod listener;
+pub mod proxy_protocol;
 mod registry;
 mod rt;
 mod session;
