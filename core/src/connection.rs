@@ -118,10 +118,15 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     last_activity: Instant,
     /// Bytes of a frame that began in an earlier read.
     pending: Vec<u8>,
-    /// Frames taken from the outbox, in order; the first may be partly written.
+    /// Chunks of whole frames taken from the outbox and the stage, in
+    /// order; the first may be partly written.
     inflight: VecDeque<Bytes>,
+    /// The length of every frame in `inflight`, in order.
+    frame_lens: VecDeque<u32>,
     /// Bytes of `inflight[0]` already written.
     written: usize,
+    /// Bytes of `inflight[0]` already reported to `on_sent`.
+    reported: usize,
     /// False while back-pressure holds reading.
     reading: bool,
     started: bool,
@@ -150,7 +155,9 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             last_activity: Instant::now(),
             pending: Vec::new(),
             inflight: VecDeque::new(),
+            frame_lens: VecDeque::new(),
             written: 0,
+            reported: 0,
             reading: true,
             started: false,
             poisoned: false,
@@ -212,19 +219,33 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
+    /// Moves what this session's callbacks staged on this thread, then what
+    /// waits in the outbox, behind the frames already in flight.
+    fn take_queued(&mut self) {
+        let shared = &self.handle.shared;
+        let (inflight, frame_lens) = (&mut self.inflight, &mut self.frame_lens);
+        crate::session::stage_take(shared.id, |chunk, lens, bytes| {
+            shared.queued.fetch_add(bytes, Ordering::AcqRel);
+            inflight.push_back(chunk);
+            frame_lens.extend(lens.iter().copied());
+        });
+        if shared.outbox_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut outbox = shared.lock_outbox();
+        for frame in outbox.drain(..) {
+            frame_lens.push_back(frame.len() as u32);
+            inflight.push_back(frame);
+        }
+        shared.outbox_len.store(0, Ordering::Release);
+    }
+
     /// Writes queued frames until the queue is empty or the socket is full.
     /// Returns whether anything was written.
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
         let mut progress = false;
         loop {
-            {
-                let mut outbox = self.handle.shared.lock_outbox();
-                if self.inflight.is_empty() {
-                    std::mem::swap(&mut self.inflight, &mut *outbox);
-                } else {
-                    self.inflight.append(&mut outbox);
-                }
-            }
+            self.take_queued();
             if self.inflight.is_empty() {
                 if progress {
                     // Streams that buffer (not sockets) need a flush to move.
@@ -234,9 +255,9 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for (i, frame) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
+            for (i, chunk) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
                 let start = if i == 0 { self.written } else { 0 };
-                slices[i] = IoSlice::new(&frame[start..]);
+                slices[i] = IoSlice::new(&chunk[start..]);
                 count += 1;
             }
             let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
@@ -255,20 +276,38 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// Marks `n` bytes written and reports every frame now wholly written.
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let remaining = self.inflight[0].len() - self.written;
-            if n < remaining {
-                self.written += n;
-                return;
+            let chunk_len = self.inflight[0].len();
+            let step = n.min(chunk_len - self.written);
+            self.written += step;
+            n -= step;
+            if self.written == chunk_len {
+                let chunk = self.inflight.pop_front().expect("written bytes belong to a queued chunk");
+                let from = std::mem::take(&mut self.reported);
+                self.written = 0;
+                self.report_sent(&chunk, from, chunk_len);
+            } else {
+                let chunk = self.inflight[0].clone();
+                let upto = self.written;
+                self.reported = self.report_sent(&chunk, self.reported, upto);
             }
-            n -= remaining;
-            self.written = 0;
-            let frame = self
-                .inflight
-                .pop_front()
-                .expect("written bytes belong to a queued frame");
-            let payload = self.framing.payload_of(frame.len());
-            self.guarded(|session, handle| session.on_sent(handle, &frame[payload]));
         }
+    }
+
+    /// Calls `on_sent` for each whole frame of `chunk` in `from..upto`;
+    /// returns where the last one ended.
+    fn report_sent(&mut self, chunk: &[u8], mut from: usize, upto: usize) -> usize {
+        while let Some(&len) = self.frame_lens.front() {
+            let end = from + len as usize;
+            if end > upto {
+                break;
+            }
+            self.frame_lens.pop_front();
+            let frame = &chunk[from..end];
+            from = end;
+            let payload = &frame[self.framing.payload_of(frame.len())];
+            self.guarded(|session, handle| session.on_sent(handle, payload));
+        }
+        from
     }
 
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
@@ -353,6 +392,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let dropped = {
             let mut outbox = shared.lock_outbox();
             shared.finished.store(true, Ordering::Release);
+            shared.outbox_len.store(0, Ordering::Release);
             let unsent: usize = outbox
                 .drain(..)
                 .chain(self.inflight.drain(..))
@@ -360,6 +400,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 .sum();
             unsent - std::mem::take(&mut self.written)
         };
+        self.frame_lens.clear();
+        self.reported = 0;
+        // Staged messages were never counted in `queued`.
+        crate::session::stage_take(shared.id, |_, _, _| {});
         shared.queued.fetch_sub(dropped, Ordering::AcqRel);
         self.pending = Vec::new();
         let (session, handle) = (&mut self.session, &self.handle);
@@ -381,7 +425,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let shared = &self.handle.shared;
         let state = shared.state.load(Ordering::Acquire);
         (matches!(self.phase, Phase::Open) && state != OPEN && state != CLOSE_ENGINE)
-            || !shared.lock_outbox().is_empty()
+            || shared.outbox_len.load(Ordering::Acquire) != 0
     }
 
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
@@ -520,7 +564,23 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Future for Engine<S, T> {
     type Output = DisconnectReason;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
-        self.get_mut().poll_engine(cx)
+        let engine = self.get_mut();
+        let id = engine.handle.id();
+        let staging = crate::session::stage_begin(id);
+        let result = engine.poll_engine(cx);
+        if staging {
+            if result.is_pending() {
+                // Sent from the last callbacks after the last write: queue
+                // them and come back to write them.
+                let before = engine.inflight.len();
+                engine.take_queued();
+                if engine.inflight.len() != before {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            crate::session::stage_end(id);
+        }
+        result
     }
 }
 

@@ -132,37 +132,45 @@ impl Framing {
     /// Framing::LengthPrefixed.encode(b"hi", 1024, &mut out).unwrap();
     /// assert_eq!(&out[..], b"\x04\x00hi");
     /// ```
-    pub fn encode(
-        self,
-        payload: &[u8],
-        max_frame_len: usize,
-        out: &mut BytesMut,
-    ) -> Result<(), FrameError> {
-        if payload.len() > max_frame_len {
-            return Err(FrameError::TooLarge {
-                len: payload.len(),
-                max: max_frame_len,
-            });
+    pub fn encode(self, payload: &[u8], max_frame_len: usize, out: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_parts(&[payload], max_frame_len, out)
+    }
+
+    /// Appends one message made of `parts` laid end to end, framed, to
+    /// `out`: a reply and its suffix, say, without joining them first.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use session_core::Framing;
+    ///
+    /// let mut out = BytesMut::new();
+    /// Framing::Lines.encode_parts(&[b"Hi 0", b" - Receive Completed"], 1024, &mut out).unwrap();
+    /// assert_eq!(&out[..], b"Hi 0 - Receive Completed\n");
+    /// ```
+    pub fn encode_parts(self, parts: &[&[u8]], max_frame_len: usize, out: &mut BytesMut) -> Result<(), FrameError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > max_frame_len {
+            return Err(FrameError::TooLarge { len, max: max_frame_len });
         }
         match self {
-            Framing::Raw => out.extend_from_slice(payload),
+            Framing::Raw => out.reserve(len),
             Framing::Lines => {
-                if payload.contains(&b'\n') {
+                if parts.iter().any(|p| p.contains(&b'\n')) {
                     return Err(FrameError::NewlineInLine);
                 }
-                out.reserve(payload.len() + 1);
-                out.extend_from_slice(payload);
-                out.put_u8(b'\n');
+                out.reserve(len + 1);
             }
             Framing::LengthPrefixed => {
-                let size = u16::try_from(payload.len() + 2).map_err(|_| FrameError::TooLarge {
-                    len: payload.len(),
-                    max: 65_533,
-                })?;
-                out.reserve(payload.len() + 2);
+                let size = u16::try_from(len + 2).map_err(|_| FrameError::TooLarge { len, max: 65_533 })?;
+                out.reserve(len + 2);
                 out.put_u16_le(size);
-                out.extend_from_slice(payload);
             }
+        }
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        if self == Framing::Lines {
+            out.put_u8(b'\n');
         }
         Ok(())
     }

@@ -206,6 +206,91 @@ thread_local! {
     static SEND_CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
+/// Messages a session's own callbacks send while its engine runs them, kept
+/// on the engine's thread: one contiguous buffer and the frame lengths, with
+/// no lock, no atomic operation and no reference count per message. The
+/// engine takes them as one chunk before it writes.
+#[derive(Default)]
+struct Stage {
+    /// The session whose engine is running on this thread.
+    owner: Option<SessionId>,
+    buf: BytesMut,
+    lens: Vec<u32>,
+    bytes: usize,
+}
+
+thread_local! {
+    static STAGE: RefCell<Stage> = RefCell::new(Stage::default());
+}
+
+/// Stages a message if `handle`'s engine is the one running on this thread
+/// and nothing waits in its outbox; `None` means "use the outbox".
+fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendError>> {
+    let shared = &*handle.shared;
+    STAGE.with(|stage| {
+        let mut stage = stage.try_borrow_mut().ok()?;
+        if stage.owner != Some(shared.id) || shared.outbox_len.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + shared.framing.overhead();
+        if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
+            return Some(Err(handle.close_slow()));
+        }
+        if stage.buf.capacity() - stage.buf.len() < len {
+            stage.buf.reserve(len.max(CHUNK));
+        }
+        Some(match shared.framing.encode_parts(parts, shared.max_frame_len, &mut stage.buf) {
+            Ok(()) => {
+                stage.lens.push(len as u32);
+                stage.bytes += len;
+                Ok(())
+            }
+            Err(e) => Err(SendError::Frame(e)),
+        })
+    })
+}
+
+/// Makes `id` the session whose own sends are staged on this thread; false
+/// if another session's engine holds the stage (a nested poll).
+pub(crate) fn stage_begin(id: SessionId) -> bool {
+    STAGE.with(|stage| {
+        let mut stage = stage.borrow_mut();
+        if stage.owner.is_some() {
+            return false;
+        }
+        stage.owner = Some(id);
+        true
+    })
+}
+
+/// Hands what `id` has staged to `take` (the chunk, the frame lengths, the
+/// byte count), if anything.
+pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, usize)) {
+    STAGE.with(|stage| {
+        let mut stage = stage.borrow_mut();
+        if stage.owner != Some(id) || stage.lens.is_empty() {
+            return;
+        }
+        let chunk = stage.buf.split().freeze();
+        let bytes = std::mem::take(&mut stage.bytes);
+        take(chunk, &mut stage.lens, bytes);
+        stage.lens.clear();
+    })
+}
+
+/// Ends `id`'s hold on the stage; anything still staged is dropped.
+pub(crate) fn stage_end(id: SessionId) {
+    STAGE.with(|stage| {
+        let mut stage = stage.borrow_mut();
+        if stage.owner == Some(id) {
+            stage.owner = None;
+            stage.lens.clear();
+            stage.bytes = 0;
+            stage.buf.clear();
+        }
+    })
+}
+
 /// The state a [`SessionHandle`] shares with its connection's engine.
 pub(crate) struct Shared {
     pub(crate) id: SessionId,
@@ -216,6 +301,10 @@ pub(crate) struct Shared {
     pub(crate) max_send_queue: usize,
     /// Frames queued by `send` and not yet taken by the engine.
     pub(crate) outbox: Mutex<VecDeque<Bytes>>,
+    /// `outbox.len()`, readable without the lock: a send from the engine's
+    /// own callbacks may skip the outbox only while it is empty, so that
+    /// messages keep the order they were queued in.
+    pub(crate) outbox_len: AtomicUsize,
     /// Bytes queued and not yet written, the engine's share included.
     pub(crate) queued: AtomicUsize,
     /// One of `OPEN`, `CLOSE_*`.
@@ -273,6 +362,7 @@ impl SessionHandle {
                 max_frame_len: config.max_frame_len,
                 max_send_queue: config.max_send_queue,
                 outbox: Mutex::new(VecDeque::new()),
+                outbox_len: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 state: AtomicU8::new(OPEN),
                 waker: AtomicWaker::new(),
@@ -342,23 +432,46 @@ impl SessionHandle {
     /// send queue would pass its cap, in which case the session is closed
     /// as a slow consumer.
     pub fn send(&self, message: &[u8]) -> Result<(), SendError> {
+        self.send_parts(&[message])
+    }
+
+    /// Queues one message made of `parts` laid end to end, as
+    /// [`send`](Self::send) does: a reply and its suffix without joining
+    /// them into a new buffer first.
+    pub fn send_parts(&self, parts: &[&[u8]]) -> Result<(), SendError> {
         let shared = &*self.shared;
         if shared.state.load(Ordering::Acquire) != OPEN {
             return Err(SendError::Closed);
         }
+        if let Some(result) = try_stage(self, parts) {
+            return result;
+        }
         let framing = shared.framing;
         let frame = SEND_CHUNK.with(|chunk| {
             let mut chunk = chunk.borrow_mut();
-            let needed = message.len() + framing.overhead();
+            let needed = parts.iter().map(|p| p.len()).sum::<usize>() + framing.overhead();
             if chunk.capacity() - chunk.len() < needed {
                 *chunk = BytesMut::with_capacity(needed.max(CHUNK));
             }
             framing
-                .encode(message, shared.max_frame_len, &mut chunk)
+                .encode_parts(parts, shared.max_frame_len, &mut chunk)
                 .map(|()| chunk.split().freeze())
         });
         let frame = frame.map_err(SendError::Frame)?;
         self.push_frame(frame)
+    }
+
+    fn close_slow(&self) -> SendError {
+        let shared = &*self.shared;
+        if shared.request_close(CLOSE_SLOW) {
+            log::debug!(
+                "session {} to {}: send queue over {} bytes, closing as slow consumer",
+                shared.id,
+                shared.peer,
+                shared.max_send_queue
+            );
+        }
+        SendError::SlowConsumer
     }
 
     /// Queues a [`Frame`] made once for many sessions: the queue holds a
@@ -392,15 +505,7 @@ impl SessionHandle {
         let before = shared.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > shared.max_send_queue {
             shared.queued.fetch_sub(len, Ordering::AcqRel);
-            if shared.request_close(CLOSE_SLOW) {
-                log::debug!(
-                    "session {} to {}: send queue over {} bytes, closing as slow consumer",
-                    shared.id,
-                    shared.peer,
-                    shared.max_send_queue
-                );
-            }
-            return Err(SendError::SlowConsumer);
+            return Err(self.close_slow());
         }
         let was_empty = {
             let mut outbox = shared.lock_outbox();
@@ -410,6 +515,7 @@ impl SessionHandle {
                 return Err(SendError::Closed);
             }
             outbox.push_back(frame);
+            shared.outbox_len.store(outbox.len(), Ordering::Release);
             outbox.len() == 1
         };
         if was_empty {

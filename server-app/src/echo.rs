@@ -1,7 +1,7 @@
 //! The seed's `ClientSession`: the server-side session that answers every
 //! message with the message and a suffix.
 
-use session_core::{DisconnectReason, Session, SessionHandle};
+use session_core::{DisconnectReason, SendError, Session, SessionHandle};
 
 use crate::output::{printable, say, timestamp};
 
@@ -38,11 +38,12 @@ impl Session for EchoSession {
                 printable(message)
             );
         }
-        let mut reply = Vec::with_capacity(message.len() + self.suffix.len());
-        reply.extend_from_slice(message);
-        reply.extend_from_slice(&self.suffix);
-        if let Err(e) = handle.send(&reply) {
-            eprintln!("reply to {} not sent: {e}", handle.peer_addr());
+        // Message and suffix go out as one reply, framed without joining
+        // them into a buffer first.
+        match handle.send_parts(&[message, &self.suffix]) {
+            // The session is closing; its disconnect line says why.
+            Ok(()) | Err(SendError::Closed) => {}
+            Err(e) => eprintln!("reply to {} not sent: {e}", handle.peer_addr()),
         }
     }
 
