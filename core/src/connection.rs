@@ -96,9 +96,16 @@ enum Phase {
     Open,
     /// No more reading; writing what is queued until it is all out or the
     /// deadline passes.
-    Draining(DisconnectReason, rt::Timer),
-    /// Closing the write side of the stream.
-    Closing(DisconnectReason),
+    Draining(DisconnectReason, Instant, rt::Timer),
+    /// Closing the write side of the stream; then, until nothing more waits
+    /// or the instant given (the drain deadline) passes, reading and
+    /// discarding what the peer has sent (a "lingering close"). Closing a
+    /// socket with unread input makes the kernel reset the connection and
+    /// drop the replies still in its send buffer.
+    Closing(DisconnectReason, Option<Instant>),
+    /// The write side is closed; discarding waiting input until there is
+    /// none, the peer closes, or the timer fires.
+    Lingering(DisconnectReason, rt::Timer),
     /// `on_disconnected` has run.
     Done,
 }
@@ -129,6 +136,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     reported: usize,
     /// False while back-pressure holds reading.
     reading: bool,
+    /// The peer's end of stream has been read.
+    saw_eof: bool,
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
@@ -159,6 +168,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             written: 0,
             reported: 0,
             reading: true,
+            saw_eof: false,
             started: false,
             poisoned: false,
             phase: Phase::Open,
@@ -200,9 +210,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.handle.peer_addr()
         );
         self.phase = if drain {
-            Phase::Draining(reason, rt::timer_at(Instant::now() + self.drain_timeout))
+            let deadline = Instant::now() + self.drain_timeout;
+            Phase::Draining(reason, deadline, rt::timer_at(deadline))
         } else {
-            Phase::Closing(reason)
+            Phase::Closing(reason, None)
         };
     }
 
@@ -281,7 +292,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.written += step;
             n -= step;
             if self.written == chunk_len {
-                let chunk = self.inflight.pop_front().expect("written bytes belong to a queued chunk");
+                let chunk = self
+                    .inflight
+                    .pop_front()
+                    .expect("written bytes belong to a queued chunk");
                 let from = std::mem::take(&mut self.reported);
                 self.written = 0;
                 self.report_sent(&chunk, from, chunk_len);
@@ -313,12 +327,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
     /// arrived, `Ready(false)` at end of stream.
     fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let mut scratch = SCRATCH
-            .take()
-            .filter(|buf| buf.len() >= self.read_buffer_size)
-            .unwrap_or_else(|| vec![0; self.read_buffer_size].into_boxed_slice());
-        let result =
-            match Pin::new(&mut self.io).poll_read(cx, &mut scratch[..self.read_buffer_size]) {
+        with_scratch(self.read_buffer_size, |scratch| {
+            match Pin::new(&mut self.io).poll_read(cx, scratch) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(n)) => {
                     self.deliver(&scratch[..n]);
@@ -326,9 +336,20 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
-            };
-        SCRATCH.set(Some(scratch));
-        result
+            }
+        })
+    }
+
+    /// Reads and drops input while lingering; `Ready(true)` once the peer
+    /// has closed (or the stream failed), `Pending` when nothing waits.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        with_scratch(self.read_buffer_size, |scratch| {
+            match Pin::new(&mut self.io).poll_read(cx, scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+                Poll::Ready(Ok(_)) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
     }
 
     /// Cuts `data` (with any partial frame kept from before) into messages
@@ -462,12 +483,43 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             if matches!(self.phase, Phase::Done) {
                 return Poll::Pending;
             }
-            if let Phase::Closing(_) = self.phase {
+            if let Phase::Closing(_, linger) = self.phase {
                 shared.polling.store(false, Ordering::SeqCst);
                 if Pin::new(&mut self.io).poll_close(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let Phase::Closing(reason) = std::mem::replace(&mut self.phase, Phase::Done) else {
+                let Phase::Closing(reason, _) = std::mem::replace(&mut self.phase, Phase::Done)
+                else {
+                    unreachable!()
+                };
+                match linger {
+                    Some(until) if !self.saw_eof && until > Instant::now() => {
+                        self.phase = Phase::Lingering(reason, rt::timer_at(until));
+                    }
+                    _ => return Poll::Ready(self.finish(reason)),
+                }
+            }
+            if let Phase::Lingering(_, timer) = &mut self.phase {
+                let expired = Pin::new(timer).poll(cx).is_ready();
+                let done = expired
+                    || loop {
+                        if reads == READS_PER_POLL {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        reads += 1;
+                        match self.poll_discard(cx) {
+                            // The peer closed, or nothing more is waiting:
+                            // a close now sends no reset.
+                            Poll::Ready(true) | Poll::Pending => break true,
+                            Poll::Ready(false) => {}
+                        }
+                    };
+                if !done {
+                    return Poll::Pending;
+                }
+                let Phase::Lingering(reason, _) = std::mem::replace(&mut self.phase, Phase::Done)
+                else {
                     unreachable!()
                 };
                 return Poll::Ready(self.finish(reason));
@@ -484,11 +536,12 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 self.last_activity = Instant::now();
             }
 
-            if let Phase::Draining(_, timer) = &mut self.phase {
+            if let Phase::Draining(_, deadline, timer) = &mut self.phase {
+                let deadline = *deadline;
                 let drained = self.inflight.is_empty() && shared.lock_outbox().is_empty();
                 let expired = !drained && Pin::new(timer).poll(cx).is_ready();
                 if drained || expired {
-                    let Phase::Draining(reason, _) =
+                    let Phase::Draining(reason, _, _) =
                         std::mem::replace(&mut self.phase, Phase::Done)
                     else {
                         unreachable!()
@@ -501,7 +554,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                             shared.queued.load(Ordering::Acquire)
                         );
                     }
-                    self.phase = Phase::Closing(reason);
+                    self.phase = Phase::Closing(reason, Some(deadline));
                     continue;
                 }
             }
@@ -603,6 +656,17 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Drop for Engine<S, T> {
             }));
         }
     }
+}
+
+/// Lends `f` this thread's read buffer, at least `size` bytes long.
+fn with_scratch<R>(size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut scratch = SCRATCH
+        .take()
+        .filter(|buf| buf.len() >= size)
+        .unwrap_or_else(|| vec![0; size].into_boxed_slice());
+    let result = f(&mut scratch[..size]);
+    SCRATCH.set(Some(scratch));
+    result
 }
 
 /// The text of a panic's payload.

@@ -132,7 +132,12 @@ impl Framing {
     /// Framing::LengthPrefixed.encode(b"hi", 1024, &mut out).unwrap();
     /// assert_eq!(&out[..], b"\x04\x00hi");
     /// ```
-    pub fn encode(self, payload: &[u8], max_frame_len: usize, out: &mut BytesMut) -> Result<(), FrameError> {
+    pub fn encode(
+        self,
+        payload: &[u8],
+        max_frame_len: usize,
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
         self.encode_parts(&[payload], max_frame_len, out)
     }
 
@@ -147,10 +152,18 @@ impl Framing {
     /// Framing::Lines.encode_parts(&[b"Hi 0", b" - Receive Completed"], 1024, &mut out).unwrap();
     /// assert_eq!(&out[..], b"Hi 0 - Receive Completed\n");
     /// ```
-    pub fn encode_parts(self, parts: &[&[u8]], max_frame_len: usize, out: &mut BytesMut) -> Result<(), FrameError> {
+    pub fn encode_parts(
+        self,
+        parts: &[&[u8]],
+        max_frame_len: usize,
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > max_frame_len {
-            return Err(FrameError::TooLarge { len, max: max_frame_len });
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_frame_len,
+            });
         }
         match self {
             Framing::Raw => out.reserve(len),
@@ -161,7 +174,8 @@ impl Framing {
                 out.reserve(len + 1);
             }
             Framing::LengthPrefixed => {
-                let size = u16::try_from(len + 2).map_err(|_| FrameError::TooLarge { len, max: 65_533 })?;
+                let size = u16::try_from(len + 2)
+                    .map_err(|_| FrameError::TooLarge { len, max: 65_533 })?;
                 out.reserve(len + 2);
                 out.put_u16_le(size);
             }

@@ -118,7 +118,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
         Some(b'\n') => {}
         Some(_) => return Err(ProxyError::Malformed("\\r not followed by \\n")),
     }
-    let line = std::str::from_utf8(&buf[prefix.len()..cr]).map_err(|_| ProxyError::Malformed("not ASCII"))?;
+    let line = std::str::from_utf8(&buf[prefix.len()..cr])
+        .map_err(|_| ProxyError::Malformed("not ASCII"))?;
     let len = cr + 2;
     let mut fields = line.split(' ');
     let family = fields.next().unwrap_or_default();
@@ -132,17 +133,30 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
     let v6 = match family {
         "TCP4" => false,
         "TCP6" => true,
-        _ => return Err(ProxyError::Malformed("protocol is not TCP4, TCP6 or UNKNOWN")),
+        _ => {
+            return Err(ProxyError::Malformed(
+                "protocol is not TCP4, TCP6 or UNKNOWN",
+            ));
+        }
     };
-    let (Some(src), Some(dst), Some(sport), Some(dport), None) =
-        (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-    else {
-        return Err(ProxyError::Malformed("expected exactly four fields after the protocol"));
+    let (Some(src), Some(dst), Some(sport), Some(dport), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return Err(ProxyError::Malformed(
+            "expected exactly four fields after the protocol",
+        ));
     };
     let source = SocketAddr::new(v1_address(src, v6)?, v1_port(sport)?);
     let destination = SocketAddr::new(v1_address(dst, v6)?, v1_port(dport)?);
     Ok(Parsed::Header {
-        header: ProxyHeader::Proxied { source, destination },
+        header: ProxyHeader::Proxied {
+            source,
+            destination,
+        },
         len,
     })
 }
@@ -159,9 +173,12 @@ fn v1_address(text: &str, v6: bool) -> Result<IpAddr, ProxyError> {
 fn v1_port(text: &str) -> Result<u16, ProxyError> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     if !digits || (text.len() > 1 && text.starts_with('0')) {
-        return Err(ProxyError::Malformed("port is not a decimal number without leading zeros"));
+        return Err(ProxyError::Malformed(
+            "port is not a decimal number without leading zeros",
+        ));
     }
-    text.parse().map_err(|_| ProxyError::Malformed("port is above 65535"))
+    text.parse()
+        .map_err(|_| ProxyError::Malformed("port is above 65535"))
 }
 
 fn parse_v2(buf: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
@@ -192,7 +209,9 @@ fn parse_v2(buf: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
         0x1 => match family {
             // TCP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes.
             0x11 => {
-                let a = block.get(..12).ok_or(ProxyError::Malformed("IPv4 address block too short"))?;
+                let a = block
+                    .get(..12)
+                    .ok_or(ProxyError::Malformed("IPv4 address block too short"))?;
                 let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(a[i], a[i + 1], a[i + 2], a[i + 3]));
                 ProxyHeader::Proxied {
                     source: SocketAddr::new(ip(0), u16::from_be_bytes([a[8], a[9]])),
@@ -201,7 +220,9 @@ fn parse_v2(buf: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
             }
             // TCP over IPv6: 16 + 16 address bytes, 2 + 2 port bytes.
             0x21 => {
-                let a = block.get(..36).ok_or(ProxyError::Malformed("IPv6 address block too short"))?;
+                let a = block
+                    .get(..36)
+                    .ok_or(ProxyError::Malformed("IPv6 address block too short"))?;
                 let ip = |i: usize| {
                     let octets: [u8; 16] = a[i..i + 16].try_into().expect("16 bytes");
                     IpAddr::V6(Ipv6Addr::from(octets))
@@ -213,7 +234,11 @@ fn parse_v2(buf: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
             }
             // UNSPEC: the sender could not tell; keep the real addresses.
             0x00 => ProxyHeader::Local,
-            _ => return Err(ProxyError::Malformed("address family is not TCP over IPv4 or IPv6")),
+            _ => {
+                return Err(ProxyError::Malformed(
+                    "address family is not TCP over IPv4 or IPv6",
+                ));
+            }
         },
         _ => return Err(ProxyError::Malformed("command is neither LOCAL nor PROXY")),
     };
@@ -239,7 +264,9 @@ mod tests {
 
     #[test]
     fn v1_tcp4_tcp6_and_unknown() {
-        let Ok(Parsed::Header { header, len }) = header(b"PROXY TCP6 ::1 2001:db8::2 65535 0\r\nrest") else {
+        let Ok(Parsed::Header { header, len }) =
+            header(b"PROXY TCP6 ::1 2001:db8::2 65535 0\r\nrest")
+        else {
             panic!()
         };
         assert_eq!(len, 36);
@@ -271,24 +298,28 @@ mod tests {
     fn v1_every_prefix_of_a_valid_header_is_incomplete() {
         let full = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 12345\r\n";
         for n in 0..full.len() {
-            assert_eq!(header(&full[..n]), Ok(Parsed::Incomplete), "prefix of {n} bytes");
+            assert_eq!(
+                header(&full[..n]),
+                Ok(Parsed::Incomplete),
+                "prefix of {n} bytes"
+            );
         }
     }
 
     #[test]
     fn v1_malformed_cases_are_rejected() {
         let bad: &[&[u8]] = &[
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 40000\r\n",        // a field missing
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 1 2\r\n",    // a field too many
-            b"PROXY TCP4 ::1 127.0.0.1 40000 12345\r\n",        // v6 address under TCP4
-            b"PROXY TCP6 127.0.0.1 ::1 40000 12345\r\n",        // v4 address under TCP6
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 65536 12345\r\n",  // port too large
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 40000\r\n", // a field missing
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 1 2\r\n", // a field too many
+            b"PROXY TCP4 ::1 127.0.0.1 40000 12345\r\n", // v6 address under TCP4
+            b"PROXY TCP6 127.0.0.1 ::1 40000 12345\r\n", // v4 address under TCP6
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 65536 12345\r\n", // port too large
             b"PROXY TCP4 127.0.0.1 127.0.0.1 040000 12345\r\n", // leading zero
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 -1 12345\r\n",     // sign
-            b"PROXY TCP4 127.0.0.1  127.0.0.1 1 2\r\n",         // double space
-            b"PROXY UDP4 127.0.0.1 127.0.0.1 1 2\r\n",          // not TCP
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\n",            // bare \n
-            b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\rX",           // \r without \n
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 -1 12345\r\n", // sign
+            b"PROXY TCP4 127.0.0.1  127.0.0.1 1 2\r\n",  // double space
+            b"PROXY UDP4 127.0.0.1 127.0.0.1 1 2\r\n",   // not TCP
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\n",     // bare \n
+            b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\rX",    // \r without \n
         ];
         for case in bad {
             assert!(
@@ -305,10 +336,18 @@ mod tests {
         assert_eq!(header(&long), Err(ProxyError::TooLong));
         long.truncate(V1_MAX_LEN - 1);
         long.push(b'\r');
-        assert_eq!(header(&long), Err(ProxyError::TooLong), "\\n would be the 108th byte");
+        assert_eq!(
+            header(&long),
+            Err(ProxyError::TooLong),
+            "\\n would be the 108th byte"
+        );
         long.truncate(V1_MAX_LEN - 2);
         long.extend_from_slice(b"\r\n");
-        assert_eq!(header_of(&long), ProxyHeader::Local, "exactly 107 bytes is allowed");
+        assert_eq!(
+            header_of(&long),
+            ProxyHeader::Local,
+            "exactly 107 bytes is allowed"
+        );
     }
 
     #[test]
@@ -336,10 +375,22 @@ mod tests {
             }
         );
         assert_eq!(header_of(&v2(0, 0x00, &[])), ProxyHeader::Local);
-        assert_eq!(header_of(&v2(0, 0x11, &block)), ProxyHeader::Local, "LOCAL ignores addresses");
-        assert_eq!(header_of(&v2(1, 0x00, &[])), ProxyHeader::Local, "UNSPEC keeps real addresses");
+        assert_eq!(
+            header_of(&v2(0, 0x11, &block)),
+            ProxyHeader::Local,
+            "LOCAL ignores addresses"
+        );
+        assert_eq!(
+            header_of(&v2(1, 0x00, &[])),
+            ProxyHeader::Local,
+            "UNSPEC keeps real addresses"
+        );
         for n in 0..bytes.len() {
-            assert_eq!(header(&bytes[..n]), Ok(Parsed::Incomplete), "prefix of {n} bytes");
+            assert_eq!(
+                header(&bytes[..n]),
+                Ok(Parsed::Incomplete),
+                "prefix of {n} bytes"
+            );
         }
     }
 
@@ -348,14 +399,35 @@ mod tests {
         let block = [127, 0, 0, 1, 127, 0, 0, 1, 0, 1, 0, 2];
         let mut bad_version = v2(1, 0x11, &block);
         bad_version[12] = 0x11;
-        assert!(matches!(header(&bad_version), Err(ProxyError::Malformed(_))));
+        assert!(matches!(
+            header(&bad_version),
+            Err(ProxyError::Malformed(_))
+        ));
         let mut bad_command = v2(1, 0x11, &block);
         bad_command[12] = 0x22;
-        assert!(matches!(header(&bad_command), Err(ProxyError::Malformed(_))));
-        assert!(matches!(header(&v2(1, 0x11, &block[..11])), Err(ProxyError::Malformed(_))));
-        assert!(matches!(header(&v2(1, 0x21, &block)), Err(ProxyError::Malformed(_))));
-        assert!(matches!(header(&v2(1, 0x12, &block)), Err(ProxyError::Malformed(_))), "UDP");
-        assert!(matches!(header(&v2(1, 0x31, &[0; 216])), Err(ProxyError::Malformed(_))), "UNIX");
+        assert!(matches!(
+            header(&bad_command),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(matches!(
+            header(&v2(1, 0x11, &block[..11])),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(matches!(
+            header(&v2(1, 0x21, &block)),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(
+            matches!(header(&v2(1, 0x12, &block)), Err(ProxyError::Malformed(_))),
+            "UDP"
+        );
+        assert!(
+            matches!(
+                header(&v2(1, 0x31, &[0; 216])),
+                Err(ProxyError::Malformed(_))
+            ),
+            "UNIX"
+        );
         assert_eq!(header(&v2(1, 0x11, &[0; 600])), Err(ProxyError::TooLong));
         let mut bad_signature = v2(1, 0x11, &block);
         bad_signature[5] = b'x';

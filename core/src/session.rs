@@ -223,14 +223,22 @@ thread_local! {
     static STAGE: RefCell<Stage> = RefCell::new(Stage::default());
 }
 
-/// Stages a message if `handle`'s engine is the one running on this thread
-/// and nothing waits in its outbox; `None` means "use the outbox".
+/// Queues a message sent from `handle`'s own callback, while its engine
+/// runs on this thread: staged if nothing waits in the outbox (else through
+/// the outbox, to keep the order). `None`: not the engine's own callback.
 fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendError>> {
     let shared = &*handle.shared;
     STAGE.with(|stage| {
         let mut stage = stage.try_borrow_mut().ok()?;
-        if stage.owner != Some(shared.id) || shared.outbox_len.load(Ordering::Acquire) != 0 {
+        if stage.owner != Some(shared.id) {
             return None;
+        }
+        if shared.outbox_len.load(Ordering::Acquire) != 0 {
+            drop(stage);
+            return Some(handle.send_via_outbox(parts));
+        }
+        if shared.finished.load(Ordering::Acquire) {
+            return Some(Err(SendError::Closed));
         }
         let len = parts.iter().map(|p| p.len()).sum::<usize>() + shared.framing.overhead();
         if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
@@ -239,14 +247,19 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendE
         if stage.buf.capacity() - stage.buf.len() < len {
             stage.buf.reserve(len.max(CHUNK));
         }
-        Some(match shared.framing.encode_parts(parts, shared.max_frame_len, &mut stage.buf) {
-            Ok(()) => {
-                stage.lens.push(len as u32);
-                stage.bytes += len;
-                Ok(())
-            }
-            Err(e) => Err(SendError::Frame(e)),
-        })
+        Some(
+            match shared
+                .framing
+                .encode_parts(parts, shared.max_frame_len, &mut stage.buf)
+            {
+                Ok(()) => {
+                    stage.lens.push(len as u32);
+                    stage.bytes += len;
+                    Ok(())
+                }
+                Err(e) => Err(SendError::Frame(e)),
+            },
+        )
     })
 }
 
@@ -440,12 +453,24 @@ impl SessionHandle {
     /// them into a new buffer first.
     pub fn send_parts(&self, parts: &[&[u8]]) -> Result<(), SendError> {
         let shared = &*self.shared;
-        if shared.state.load(Ordering::Acquire) != OPEN {
+        let state = shared.state.load(Ordering::Acquire);
+        // A shutdown may land while a callback runs: the reply to a message
+        // already delivered is still queued and drained, as promised.
+        if state != OPEN && state != CLOSE_SHUTDOWN {
             return Err(SendError::Closed);
         }
         if let Some(result) = try_stage(self, parts) {
             return result;
         }
+        if state != OPEN {
+            return Err(SendError::Closed);
+        }
+        self.send_via_outbox(parts)
+    }
+
+    /// Encodes into this thread's send chunk and queues in the outbox.
+    fn send_via_outbox(&self, parts: &[&[u8]]) -> Result<(), SendError> {
+        let shared = &*self.shared;
         let framing = shared.framing;
         let frame = SEND_CHUNK.with(|chunk| {
             let mut chunk = chunk.borrow_mut();

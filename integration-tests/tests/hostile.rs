@@ -639,6 +639,9 @@ fn connections_over_the_limit_are_rejected() {
     assert_eq!(read_line(&mut late), b"late");
     drop(late);
     drop(admitted);
+    // The limit still holds until those sessions have ended: a client that
+    // came sooner would be turned away.
+    assert!(server.wait_idle(TIMEOUT), "{:?}", server.stats.get());
     finish(server, Framing::Lines, fds);
 }
 
