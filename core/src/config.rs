@@ -61,6 +61,18 @@ pub struct SessionConfig {
     /// Most sessions one listener keeps open at once; a connection over the
     /// limit is closed at once and counted. Default 10,000.
     pub max_connections: usize,
+    /// Expect a PROXY protocol header (version 1 or 2, as HAProxy's
+    /// `send-proxy` / `send-proxy-v2` and nginx's `proxy_protocol on` send)
+    /// at the start of every accepted connection, and use the client address
+    /// it gives as the session's peer. A connection whose header is missing,
+    /// malformed, longer than 1,024 bytes or late is closed, counted in
+    /// [`ListenerStats::proxy_rejected`](crate::ListenerStats::proxy_rejected),
+    /// and never reaches `on_connected`. Only for listeners behind a
+    /// balancer: anyone who can connect could claim any address. Default
+    /// `false`.
+    pub proxy_protocol: bool,
+    /// How long a connection may take to send its PROXY header. Default 3 s.
+    pub proxy_header_timeout: Duration,
     /// The kernel's send buffer per socket (`SO_SNDBUF`), in bytes. Default
     /// `None`: the kernel's own, which on Linux grows by itself up to
     /// `net.ipv4.tcp_wmem`'s maximum (often 4 MiB) for a peer that does not
@@ -85,6 +97,8 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            proxy_protocol: false,
+            proxy_header_timeout: Duration::from_secs(3),
             socket_send_buffer: None,
             nodelay: true,
         }

@@ -1,6 +1,6 @@
 //! The server side: bind, accept for ever, one session per connection.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,6 +16,7 @@ use futures::{FutureExt, StreamExt};
 use crate::config::SessionConfig;
 use crate::connection::{panic_message, run_session};
 use crate::ip_information::IpInformation;
+use crate::proxy_protocol::{self, ProxyError, ProxyHeader};
 use crate::registry::Registry;
 use crate::rt;
 use crate::session::{Session, SessionHandle, SessionId};
@@ -65,6 +66,10 @@ pub struct ListenerStats {
     pub rejected: u64,
     /// Errors returned by `accept` (each followed by a short pause).
     pub accept_errors: u64,
+    /// Connections closed because their PROXY protocol header was missing,
+    /// malformed, too long or late (with
+    /// [`SessionConfig::proxy_protocol`]).
+    pub proxy_rejected: u64,
     /// Sessions open now.
     pub active: usize,
 }
@@ -74,6 +79,7 @@ struct ListenerShared {
     accepted: AtomicU64,
     rejected: AtomicU64,
     accept_errors: AtomicU64,
+    proxy_rejected: AtomicU64,
     active: AtomicUsize,
     sessions: Registry,
     /// Woken when the last session ends.
@@ -81,8 +87,11 @@ struct ListenerShared {
 }
 
 impl ListenerShared {
-    fn remove(&self, id: SessionId) {
-        self.sessions.remove(id);
+    /// A connection ends: its session (if it got one) leaves the registry.
+    fn remove(&self, id: Option<SessionId>) {
+        if let Some(id) = id {
+            self.sessions.remove(id);
+        }
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_closed.wake();
         }
@@ -225,7 +234,7 @@ impl Listener {
                         continue;
                     }
                 };
-                accept_one(stream, &config, &shared, &mut factory);
+                accept_one(stream, &config, &shared, &shutdown, &mut factory);
             }
         }
         // Stop accepting at once: a balancer sends new connections elsewhere.
@@ -242,6 +251,7 @@ impl ListenerStatsHandle {
             accepted: self.0.accepted.load(Ordering::Relaxed),
             rejected: self.0.rejected.load(Ordering::Relaxed),
             accept_errors: self.0.accept_errors.load(Ordering::Relaxed),
+            proxy_rejected: self.0.proxy_rejected.load(Ordering::Relaxed),
             active: self.0.active.load(Ordering::Acquire),
         }
     }
@@ -271,6 +281,7 @@ fn accept_one<S, F>(
     stream: rt::TcpStream,
     config: &SessionConfig,
     shared: &Arc<ListenerShared>,
+    shutdown: &ShutdownHandle,
     factory: &mut F,
 ) where
     S: Session,
@@ -300,13 +311,59 @@ fn accept_one<S, F>(
             return;
         }
     };
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    if !config.proxy_protocol {
+        let (_, engine) = start(stream, peer, local, config, shared, session);
+        rt::spawn_on_worker(engine);
+        return;
+    }
+    let (config, shared, shutdown) = (config.clone(), Arc::clone(shared), shutdown.clone());
+    rt::spawn_on_worker(async move {
+        let mut stream = stream;
+        let header = rt::timeout(
+            config.proxy_header_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await;
+        let client = match header.unwrap_or(Err(ProxyError::TimedOut)) {
+            Ok(ProxyHeader::Proxied { source, .. }) => source,
+            Ok(ProxyHeader::Local) => peer,
+            Err(e) => {
+                shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                log::debug!("connection from {peer} closed: {e}");
+                shared.remove(None);
+                return;
+            }
+        };
+        let (id, engine) = start(stream, client, local, &config, &shared, session);
+        // A shutdown that began during the header still reaches this
+        // session: `close_all` may have taken its list before the session
+        // was in it.
+        if shutdown.is_shutdown() {
+            if let Some(handle) = shared.sessions.get(id) {
+                handle.shutdown();
+            }
+        }
+        engine.await;
+    });
+}
+
+/// Registers a session; returns its id and the future that runs it and then
+/// takes it out of the registry.
+fn start<S: Session>(
+    stream: rt::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: &SessionConfig,
+    shared: &Arc<ListenerShared>,
+    session: S,
+) -> (SessionId, impl Future<Output = ()> + Send + 'static) {
     let (handle, engine) = run_session(stream, peer, local, config, session);
     let id = handle.id();
-    shared.active.fetch_add(1, Ordering::AcqRel);
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     shared.sessions.insert(handle);
     let shared = Arc::clone(shared);
-    rt::spawn_on_worker(async move {
+    let engine = async move {
         // The engine catches the user's panics; this catches its own.
         if let Err(payload) = AssertUnwindSafe(engine).catch_unwind().await {
             log::error!(
@@ -314,8 +371,9 @@ fn accept_one<S, F>(
                 panic_message(payload.as_ref())
             );
         }
-        shared.remove(id);
-    });
+        shared.remove(Some(id));
+    };
+    (id, engine)
 }
 
 /// Closes every session with `Shutdown` and waits until all have ended.

@@ -8,6 +8,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// The longest header a listener accepts: a version 2 header with up to
+/// 1,008 bytes of addresses and TLVs.
+pub const MAX_HEADER_LEN: usize = 1024;
+
 /// The 12 bytes that open a version 2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest version 1 header, `\r\n` included.
@@ -243,6 +247,31 @@ fn parse_v2(buf: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
         _ => return Err(ProxyError::Malformed("command is neither LOCAL nor PROXY")),
     };
     Ok(Parsed::Header { header, len })
+}
+
+/// Reads the PROXY header at the start of `stream` and takes it off the
+/// stream, leaving the client's own bytes for the session.
+pub(crate) async fn read_header(
+    stream: &mut crate::rt::TcpStream,
+) -> Result<ProxyHeader, ProxyError> {
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let mut seen = 0;
+    loop {
+        let n = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut buf, seen))
+            .await
+            .map_err(|_| ProxyError::Closed)?;
+        if n == 0 {
+            return Err(ProxyError::Closed);
+        }
+        match parse(&buf[..n], MAX_HEADER_LEN)? {
+            Parsed::Header { header, len } => {
+                stream.consume(len).map_err(|_| ProxyError::Closed)?;
+                return Ok(header);
+            }
+            Parsed::Incomplete if n == buf.len() => return Err(ProxyError::TooLong),
+            Parsed::Incomplete => seen = n,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -351,6 +351,55 @@ impl TcpStream {
         &self.socket
     }
 
+    /// Peeks at the bytes waiting, without taking them; returns once more
+    /// than `seen` bytes wait, the peer has closed (0), or `buf` is full.
+    pub(crate) fn poll_peek(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        seen: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.register()?;
+        let TcpStream {
+            registration,
+            read_blocked,
+            socket,
+            ..
+        } = &mut *self;
+        let source = &registration.as_ref().expect("registered").source;
+        let full = buf.len();
+        poll_io(
+            cx,
+            &source.read_gen,
+            &source.read_waker,
+            read_blocked,
+            || match socket.peek(buf) {
+                Ok(n) if n > seen || n == 0 || n == full => Ok(n),
+                // Nothing new: wait for the next readiness event.
+                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    /// Takes `n` bytes already seen by [`poll_peek`](Self::poll_peek) off
+    /// the socket.
+    pub(crate) fn consume(&mut self, mut n: usize) -> io::Result<()> {
+        let mut sink = [0u8; 256];
+        while n > 0 {
+            let want = n.min(sink.len());
+            match (&self.socket).read(&mut sink[..want]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(got) => n -= got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // What follows may be waiting already: let the next read look.
+        self.read_blocked = u64::MAX;
+        Ok(())
+    }
+
     fn register(&mut self) -> io::Result<()> {
         if self.registration.is_none() {
             self.registration = Some(Registration::new(&self.socket)?);
