@@ -538,7 +538,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
             if let Phase::Draining(_, deadline, timer) = &mut self.phase {
                 let deadline = *deadline;
-                let drained = self.inflight.is_empty() && shared.lock_outbox().is_empty();
+                let drained = self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0;
                 let expired = !drained && Pin::new(timer).poll(cx).is_ready();
                 if drained || expired {
                     let Phase::Draining(reason, _, _) =
