@@ -5,6 +5,11 @@
 //! with the message and a suffix (`" - Receive Completed"` by default) until
 //! SIGINT (Ctrl-C) or SIGTERM, when it shuts the listener down gracefully
 //! and exits 0. Errors end it with one line on stderr and a non-zero status.
+//!
+//! Behind a load balancer: `--proxy-protocol` takes each client's address
+//! from the PROXY header the balancer sends, `--workers N` sets how many
+//! threads run sessions, and SIGTERM is a rolling restart (the listening
+//! socket closes at once, open sessions drain, exit 0).
 
 mod echo;
 mod output;
@@ -47,6 +52,29 @@ struct Opt {
     /// Most connections open at once.
     #[structopt(long, value_name = "N", default_value = "10000")]
     max_connections: usize,
+    /// Threads that run sessions (each with its own executor and epoll; a
+    /// session stays on the thread it started on). Default: one per core.
+    #[structopt(long, value_name = "N", parse(try_from_str = parse_workers))]
+    workers: Option<usize>,
+    /// Expect a PROXY protocol v1 or v2 header (HAProxy `send-proxy-v2`,
+    /// nginx `proxy_protocol on`) on every connection and use the client
+    /// address it names. Only behind a balancer: anyone who can connect
+    /// could claim any address.
+    #[structopt(long)]
+    proxy_protocol: bool,
+}
+
+/// More worker threads than this is a typo, not a deployment.
+const MAX_WORKERS: usize = 1024;
+
+/// A worker count: a whole number from 1 to [`MAX_WORKERS`].
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("--workers must be at least 1".into()),
+        Ok(n) if n > MAX_WORKERS => Err(format!("--workers {n} is more than {MAX_WORKERS}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a number of workers")),
+    }
 }
 
 /// A number of seconds, fractions allowed, as a duration.
@@ -100,11 +128,20 @@ async fn serve(opt: Opt) -> Result<()> {
     let signals_handle = signals.handle();
 
     say!("SERVER RUNNING..");
+    let workers = opt.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // Before the first session: the workers start with it.
+    anyhow::ensure!(
+        session_core::set_worker_threads(workers),
+        "the session workers were already running; --workers {workers} not applied"
+    );
     let ip = IpInformation::resolve(&opt.host, opt.port).await?;
     let config = SessionConfig {
         framing: opt.framing,
         idle_timeout: opt.idle_timeout,
         max_connections: opt.max_connections,
+        proxy_protocol: opt.proxy_protocol,
         ..SessionConfig::default()
     };
     let listener = Listener::bind(&ip, config).await?;
@@ -114,6 +151,14 @@ async fn serve(opt: Opt) -> Result<()> {
         .map(|a| a.to_string())
         .collect();
     say!("Listening on {}", addrs.join(", "));
+    say!(
+        "Workers: {workers}{}",
+        if opt.proxy_protocol {
+            ", PROXY protocol expected"
+        } else {
+            ""
+        }
+    );
 
     let stop = listener.shutdown_handle();
     let watcher = async_std::task::spawn(async move {
