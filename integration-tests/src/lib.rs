@@ -9,6 +9,8 @@
 //!   tools: a polling wait with a deadline, the process's open fd count, a
 //!   deterministic PRNG, length-prefixed framing for clients.
 
+pub mod process;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -8,223 +8,21 @@
 //! on` line. Every wait is bounded, and every child is killed and reaped by
 //! a guard when the test ends, passing or failing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-/// The longest any one wait in these tests may take.
-const LIMIT: Duration = Duration::from_secs(10);
+use integration_tests::process::{ChildGuard, Finished, LIMIT, Proc, tools_present, wait_exit};
 
 /// The reply suffix server-app appends by default.
 const SUFFIX: &str = " - Receive Completed";
-
-/// Builds server-app and client-app once; returns the folder holding them.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // This test runs as <target>/<profile>/deps/apps-HASH.
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target folder")
-            .to_path_buf();
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace folder");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "server-app", "-p", "client-app"])
-            .current_dir(workspace);
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build failed: {status}");
-        for name in ["server-app", "client-app"] {
-            assert!(
-                dir.join(name).exists(),
-                "{name} not found in {}",
-                dir.display()
-            );
-        }
-        dir
-    })
-}
-
-/// A child process with its output read by threads: stdout line by line
-/// into a channel, stderr whole. Dropping it kills and reaps the child.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Receiver<String>,
-    /// Every stdout line taken from `lines` so far.
-    seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn start(name: &'static str, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin_dir().join(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr_pipe = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let readers = vec![
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }),
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = stderr_pipe.read_to_string(&mut text);
-                sink.lock().unwrap().push_str(&text);
-            }),
-        ];
-        Proc {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-            readers,
-        }
-    }
-
-    /// server-app on a free loopback port; returns it and the port.
-    fn server(extra: &[&str]) -> (Proc, u16) {
-        let mut args = vec!["--host", "127.0.0.1", "--port", "0"];
-        args.extend_from_slice(extra);
-        let mut server = Proc::start("server-app", &args);
-        let line = server.wait_line(|l| l.starts_with("Listening on "));
-        let first = line["Listening on ".len()..]
-            .split(", ")
-            .next()
-            .expect("an address");
-        let addr: std::net::SocketAddr = first
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-        assert!(addr.ip().is_loopback(), "{line}");
-        assert_ne!(addr.port(), 0, "{line}");
-        (server, addr.port())
-    }
-
-    /// Waits (bounded) for a stdout line that satisfies `want`; returns it.
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: no such line within {LIMIT:?}; stdout so far:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{}: stdout closed before the line came ({:?}); stdout:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.child.try_wait(),
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-            }
-        }
-    }
-
-    /// Sends `signal` to this child (by its own PID, nothing else).
-    #[allow(unsafe_code)]
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes no pointers; the PID is our own child's,
-        // which cannot be reaped (and its PID reused) before `self` drops.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-    }
-
-    /// Waits (bounded) for the child to exit, then for its output to end;
-    /// returns the status, all of stdout, and stderr.
-    fn finish(mut self) -> Finished {
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running after {LIMIT:?}; stdout so far:\n{}",
-                self.name,
-                self.seen.join("\n")
-            );
-            // A poll interval, not a synchronisation: the loop ends on the
-            // exit itself.
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        self.seen.extend(self.lines.try_iter());
-        Finished {
-            status,
-            stdout: self.seen.join("\n"),
-            stderr: self.stderr.lock().unwrap().clone(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Kills by this child's PID only; harmless once it has exited.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a finished child left behind.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs client-app against `port` to the end.
 fn run_client(port: u16, extra: &[&str]) -> Finished {
     let port = port.to_string();
     let mut args = vec!["--host", "127.0.0.1", "--port", &port];
     args.extend_from_slice(extra);
-    Proc::start("client-app", &args).finish()
+    Proc::app("client-app", &args).finish()
 }
 
 /// Connects, writes `request`, closes the write side (as `nc -N` does) and
@@ -254,31 +52,34 @@ fn client_greets_the_server_and_both_print_the_exchange() {
     let (mut server, port) = Proc::server(&[]);
     let client = run_client(port, &["--count", "3", "--interval", "0.05"]);
     assert!(client.status.success(), "{client:#?}");
-    assert!(client.stdout.starts_with("CLIENT RUNNING.."), "{client:#?}");
+    assert!(
+        client.stdout().starts_with("CLIENT RUNNING.."),
+        "{client:#?}"
+    );
     assert!(
         client
-            .stdout
+            .stdout()
             .contains(&format!("Connected to 127.0.0.1:{port}")),
         "{client:#?}"
     );
     for i in 0..3 {
         assert_eq!(
-            count_lines(&client.stdout, |l| l
+            count_lines(&client.stdout(), |l| l
                 .ends_with(&format!("] To server : Hi {i}"))),
             1,
             "{client:#?}"
         );
         assert!(
-            client.stdout.contains(&format!("Hi {i}{SUFFIX}")),
+            client.stdout().contains(&format!("Hi {i}{SUFFIX}")),
             "reply {i} missing: {client:#?}"
         );
     }
     assert!(
-        count_lines(&client.stdout, |l| l.contains("] From server - Len : ")) >= 1,
+        count_lines(&client.stdout(), |l| l.contains("] From server - Len : ")) >= 1,
         "{client:#?}"
     );
     assert!(
-        client.stdout.contains("Disconnected from 127.0.0.1:"),
+        client.stdout().contains("Disconnected from 127.0.0.1:"),
         "{client:#?}"
     );
     assert!(client.stderr.is_empty(), "{client:#?}");
@@ -293,11 +94,11 @@ fn client_greets_the_server_and_both_print_the_exchange() {
     server.wait_line(|l| l == format!("Disconnected from {peer} (closed by peer)"));
     assert!(
         server
-            .seen
+            .seen()
             .iter()
             .any(|l| l.ends_with(&format!("] To client : Hi 2{SUFFIX}"))),
         "{:#?}",
-        server.seen
+        server.seen()
     );
 }
 
@@ -307,7 +108,7 @@ fn client_greets_the_server_and_both_print_the_exchange() {
 fn signal_stops_the_server_gracefully(signal: libc::c_int, name: &str) {
     let (mut server, port) = Proc::server(&[]);
     let port_text = port.to_string();
-    let client = Proc::start(
+    let client = Proc::app(
         "client-app",
         &[
             "--host",
@@ -329,18 +130,18 @@ fn signal_stops_the_server_gracefully(signal: libc::c_int, name: &str) {
     assert!(server.status.success(), "{server:#?}");
     assert!(
         server
-            .stdout
+            .stdout()
             .contains(&format!("Received {name}, shutting down..")),
         "{server:#?}"
     );
     assert!(
         server
-            .stdout
+            .stdout()
             .contains(&format!("Disconnected from {peer} (shutdown)")),
         "{server:#?}"
     );
     assert!(
-        server.stdout.trim_end().ends_with("SERVER STOPPED"),
+        server.stdout().trim_end().ends_with("SERVER STOPPED"),
         "{server:#?}"
     );
 
@@ -388,50 +189,31 @@ fn server_replies_to_a_half_closed_connection_like_nc_sees_it() {
         format!("hello{SUFFIX}")
     );
 
-    if !on_path("nc") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nc (netcat-openbsd) is not on PATH, and CI is set: CI must install it"
-        );
+    if !tools_present(&["nc"], "netcat-openbsd") {
         eprintln!("SKIPPED the real-nc half of this test: nc is not on PATH");
         return;
     }
-    let mut nc = Command::new("sh")
-        .arg("-c")
-        .arg(format!("printf hello | nc -N 127.0.0.1 {port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sh");
+    let mut nc = ChildGuard::new(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf hello | nc -N 127.0.0.1 {port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sh"),
+    );
     let mut stdout = nc.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stdout.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = nc.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = nc.kill();
-            let _ = nc.wait();
-            panic!("nc still running after {LIMIT:?}");
-        }
-        // A poll interval; the loop ends on the exit itself.
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status =
+        wait_exit(&mut nc, LIMIT).unwrap_or_else(|| panic!("nc still running after {LIMIT:?}"));
     let text = reader.join().unwrap();
     assert!(status.success(), "nc: {status}");
     assert_eq!(text, format!("hello{SUFFIX}"));
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
 }
 
 #[test]
@@ -464,7 +246,7 @@ fn client_and_server_agree_on_every_framing() {
         assert!(client.status.success(), "{framing}: {client:#?}");
         for i in 0..3 {
             assert!(
-                client.stdout.lines().any(|l| l.ends_with(&format!(
+                client.stdout().lines().any(|l| l.ends_with(&format!(
                     "] From server - Len : {}, String : Hi {i}{SUFFIX}",
                     4 + SUFFIX.len()
                 ))),
@@ -480,9 +262,9 @@ fn quiet_server_prints_connections_but_no_messages() {
     assert_eq!(exchange(port, b"x"), format!("x{SUFFIX}").as_bytes());
     server.wait_line(|l| l.starts_with("Disconnected from "));
     assert!(
-        !server.seen.iter().any(|l| l.contains("From client")),
+        !server.seen().iter().any(|l| l.contains("From client")),
         "{:#?}",
-        server.seen
+        server.seen()
     );
 }
 
@@ -502,7 +284,7 @@ fn server_errors_are_one_line_and_a_failure_status() {
     // The port is taken.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().unwrap().port().to_string();
-    let server = Proc::start("server-app", &["--host", "127.0.0.1", "--port", &port]).finish();
+    let server = Proc::app("server-app", &["--host", "127.0.0.1", "--port", &port]).finish();
     assert_eq!(server.status.code(), Some(1), "{server:#?}");
     assert_eq!(server.stderr.trim_end().lines().count(), 1, "{server:#?}");
     assert!(
@@ -512,7 +294,7 @@ fn server_errors_are_one_line_and_a_failure_status() {
     drop(taken);
 
     // A bad flag value.
-    let server = Proc::start("server-app", &["--framing", "json"]).finish();
+    let server = Proc::app("server-app", &["--framing", "json"]).finish();
     assert_eq!(server.status.code(), Some(2), "{server:#?}");
     assert_eq!(server.stderr.trim_end().lines().count(), 1, "{server:#?}");
     assert!(server.stderr.contains("json"), "{server:#?}");

@@ -2,28 +2,23 @@
 //! SIGTERM while 50 clients stream pipelined messages, and a server whose
 //! file-descriptor limit is lower than the number of its clients.
 //!
-//! As in `apps.rs`: the binary is built once per test process (same profile
-//! as this test) and found in this test's own target folder; the server
-//! listens on `127.0.0.1` port 0 and the test reads the port from its
-//! `Listening on` line; every wait is bounded; every child is killed by its
-//! own PID and reaped by a guard when the test ends, passing or failing.
+//! As in `apps.rs`, through `integration_tests::process`: the binary is
+//! built once per test process (same profile as this test) and found in
+//! this test's own target folder; the server listens on `127.0.0.1` port 0
+//! and the test reads the port from its `Listening on` line; every wait is
+//! bounded; every child is killed by its own PID and reaped by a guard when
+//! the test ends, passing or failing.
 
-// Unsafe code here is two libc calls on our own children: kill(2) by PID,
-// and setrlimit(2) in a forked child before exec (async-signal-safe).
-#![allow(unsafe_code)]
-
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// The longest any one wait in these tests may take.
-const LIMIT: Duration = Duration::from_secs(10);
+use integration_tests::process::{self, LIMIT, Proc};
+use integration_tests::wait_until;
 
 /// How often a bounded wait looks at its condition again (a poll interval,
 /// never a synchronisation: each loop ends on the condition itself).
@@ -32,235 +27,17 @@ const POLL: Duration = Duration::from_millis(5);
 /// The reply suffix server-app appends by default.
 const SUFFIX: &[u8] = b" - Receive Completed";
 
-/// Builds server-app once; returns the folder holding it.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // This test runs as <target>/<profile>/deps/hostile_process-HASH.
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target folder")
-            .to_path_buf();
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace folder");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "server-app"])
-            .current_dir(workspace);
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build failed: {status}");
-        assert!(
-            dir.join("server-app").exists(),
-            "server-app not found in {}",
-            dir.display()
-        );
-        dir
-    })
-}
-
-/// server-app as a child, its stdout read line by line into a channel and
-/// its stderr read whole, by threads. Dropping it kills (by its own PID)
-/// and reaps the child.
-struct Server {
-    child: Child,
-    port: u16,
-    lines: Receiver<String>,
-    /// Every stdout line taken from `lines` so far.
-    seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts server-app on a free loopback port with `extra` flags; with
-    /// `nofile`, the child's soft RLIMIT_NOFILE is lowered to it before exec.
-    fn start(extra: &[&str], nofile: Option<u64>) -> Server {
-        let mut command = Command::new(bin_dir().join("server-app"));
-        command
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(soft) = nofile {
-            lower_nofile_in_child(&mut command, soft);
-        }
-        let mut child = command.spawn().expect("start server-app");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr_pipe = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let readers = vec![
-            thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }),
-            thread::spawn(move || {
-                let mut text = String::new();
-                let _ = stderr_pipe.read_to_string(&mut text);
-                sink.lock().unwrap().push_str(&text);
-            }),
-        ];
-        let mut server = Server {
-            child,
-            port: 0,
-            lines,
-            seen: Vec::new(),
-            stderr,
-            readers,
-        };
-        let line = server.wait_line(|l| l.starts_with("Listening on "));
-        let addr: SocketAddr = line["Listening on ".len()..]
-            .split(", ")
-            .next()
-            .expect("an address")
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-        assert!(addr.ip().is_loopback(), "{line}");
-        assert_ne!(addr.port(), 0, "{line}");
-        server.port = addr.port();
-        server
+/// Starts server-app on a free loopback port with `extra` flags; with
+/// `nofile`, the child's soft RLIMIT_NOFILE is lowered to it before exec.
+/// Returns it and its address.
+fn start_server(extra: &[&str], nofile: Option<u64>) -> (Proc, SocketAddr) {
+    let mut command = process::server_command(extra);
+    if let Some(soft) = nofile {
+        process::lower_nofile_in_child(&mut command, soft);
     }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) for a stdout line that satisfies `want`; returns it.
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "server-app: no such line within {LIMIT:?}; stdout so far:\n{}\nstderr:\n{}",
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "server-app: stdout closed before the line came ({:?}); stdout:\n{}\nstderr:\n{}",
-                    self.child.try_wait(),
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-            }
-        }
-    }
-
-    /// Whether the child is still running.
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Sends `signal` to this child (by its own PID, nothing else).
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes no pointers; the PID is our own child's,
-        // which cannot be reaped (and its PID reused) before `self` drops.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-    }
-
-    /// Waits (bounded by `within`) for the child to exit, then for its
-    /// output to end; returns the status, all of stdout, and stderr.
-    fn finish(mut self, within: Duration) -> Finished {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server-app still running after {within:?}; stdout so far:\n{}",
-                self.seen.join("\n")
-            );
-            thread::sleep(POLL);
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        self.seen.extend(self.lines.try_iter());
-        Finished {
-            status,
-            stdout: std::mem::take(&mut self.seen),
-            stderr: self.stderr.lock().unwrap().clone(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Kills by this child's PID only; harmless once it has exited.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a finished server left behind.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: String,
-}
-
-/// Lowers the soft RLIMIT_NOFILE of `command`'s child to `soft` (the hard
-/// limit stays), between fork and exec.
-fn lower_nofile_in_child(command: &mut Command, soft: u64) {
-    use std::os::unix::process::CommandExt;
-
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `current` is a live, writable `rlimit`.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
-    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
-    let lowered = libc::rlimit {
-        rlim_cur: soft.min(current.rlim_max),
-        rlim_max: current.rlim_max,
-    };
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes one setrlimit(2) call
-    // on a value copied into it, and allocates and locks nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
-    }
+    let mut server = Proc::spawn("server-app", &mut command);
+    let port = server.listening_port();
+    (server, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// The open fd numbers of process `pid` (our own child).
@@ -274,20 +51,6 @@ fn fd_numbers_of(pid: u32) -> Vec<u64> {
 /// The number of open fds of process `pid` (our own child).
 fn fds_of(pid: u32) -> usize {
     fd_numbers_of(pid).len()
-}
-
-/// Polls `cond` until it holds or `within` passes; returns whether it held.
-fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL);
-    }
 }
 
 /// `payload` framed for `--framing length-prefixed`: a 2-byte little-endian
@@ -483,8 +246,7 @@ fn seqs_in(lines: &[String], marker: &str) -> Vec<Vec<usize>> {
 /// timeout and a margin.
 #[test]
 fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
-    let server = Server::start(&["--framing", "length-prefixed"], None);
-    let addr = server.addr();
+    let (server, addr) = start_server(&["--framing", "length-prefixed"], None);
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
     let clients: Vec<JoinHandle<Result<StreamReport, String>>> = (0..CLIENTS)
@@ -521,10 +283,10 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
         .collect();
     let clients_done = signalled.elapsed();
     // drain_timeout is 5 s; the listener waits a second more for closes.
-    let server = server.finish(Duration::from_secs(10));
+    let server = server.finish_within(Duration::from_secs(10));
     let exited = signalled.elapsed();
 
-    let stdout_tail = server.stdout[server.stdout.len().saturating_sub(20)..].join("\n");
+    let stdout_tail = server.lines[server.lines.len().saturating_sub(20)..].join("\n");
     let context = format!(
         "server: {}, stderr:\n{}\nlast lines of stdout:\n{stdout_tail}",
         server.status, server.stderr
@@ -551,7 +313,7 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
     );
 
     // Every reply the server wrote arrived: the drain promise.
-    let written = seqs_in(&server.stdout, "] To client : ");
+    let written = seqs_in(&server.lines, "] To client : ");
     for (client, report) in reports.iter().enumerate() {
         let got: Vec<usize> = (0..report.replied).collect();
         assert_eq!(
@@ -561,7 +323,7 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
     }
     // Every request the server took in was answered, the one being handled
     // as the shutdown landed included, and nothing went to stderr.
-    let received = seqs_in(&server.stdout, "] From client - Len : ");
+    let received = seqs_in(&server.lines, "] From client - Len : ");
     for (client, report) in reports.iter().enumerate() {
         assert_eq!(
             received[client],
@@ -573,7 +335,7 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
 
     assert!(server.status.success(), "{context}");
     assert!(exited < Duration::from_secs(10), "exit took {exited:?}");
-    let count = |want: &dyn Fn(&str) -> bool| server.stdout.iter().filter(|l| want(l)).count();
+    let count = |want: &dyn Fn(&str) -> bool| server.lines.iter().filter(|l| want(l)).count();
     assert_eq!(
         count(&|l| l == "Received SIGTERM, shutting down.."),
         1,
@@ -591,7 +353,7 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
         "{context}"
     );
     assert_eq!(
-        server.stdout.last().map(String::as_str),
+        server.lines.last().map(String::as_str),
         Some("SERVER STOPPED"),
         "{context}"
     );
@@ -627,8 +389,9 @@ fn soft_nofile_of(pid: u32) -> Option<u64> {
 #[cfg(target_os = "linux")]
 #[test]
 fn server_with_fewer_fds_than_clients_keeps_serving() {
-    let mut server = Server::start(&["--quiet", "--framing", "length-prefixed"], Some(NOFILE));
-    let (addr, pid) = (server.addr(), server.pid());
+    let (mut server, addr) =
+        start_server(&["--quiet", "--framing", "length-prefixed"], Some(NOFILE));
+    let pid = server.pid();
     assert_eq!(soft_nofile_of(pid), Some(NOFILE), "limit not applied");
     assert_served(addr, b"before");
     // Wait for that session's socket to close before taking the baseline.
@@ -714,10 +477,10 @@ fn server_with_fewer_fds_than_clients_keeps_serving() {
     assert!(server.is_running(), "server-app died");
 
     server.signal(libc::SIGTERM);
-    let server = server.finish(LIMIT);
+    let server = server.finish_within(LIMIT);
     assert!(server.status.success(), "{server:#?}");
     assert_eq!(
-        server.stdout.last().map(String::as_str),
+        server.lines.last().map(String::as_str),
         Some("SERVER STOPPED"),
         "{server:#?}"
     );
@@ -739,11 +502,11 @@ fn server_with_fewer_fds_than_clients_keeps_serving() {
 /// side and reads to the peer's end of stream first (a lingering close).
 #[test]
 fn sigterm_with_a_full_send_queue_still_ends_cleanly() {
-    let server = Server::start(
+    let (server, addr) = start_server(
         &["--quiet", "--framing", "length-prefixed", "--suffix", ""],
         None,
     );
-    let mut stream = connect(server.addr(), LIMIT).expect("connect");
+    let mut stream = connect(addr, LIMIT).expect("connect");
     let payload = [b'x'; 998];
     let request = frame(&payload);
     // Write without reading until the server's back-pressure holds every
@@ -784,7 +547,7 @@ fn sigterm_with_a_full_send_queue_still_ends_cleanly() {
             Err(e) => break Err(e),
         }
     };
-    let server = server.finish(LIMIT);
+    let server = server.finish_within(LIMIT);
     eprintln!(
         "full send queue: sent {sent} bytes ({} requests), got {replies} replies, end {end:?}",
         sent / request.len()

@@ -1,0 +1,474 @@
+//! Helpers for the tests that drive the real `server-app` and `client-app`
+//! binaries (and other programs) as child processes.
+//!
+//! - [`bin_dir`] / [`binary`]: the two binaries, built once per test process
+//!   with the test's own profile and found in its own target folder, so
+//!   `CARGO_TARGET_DIR` is respected.
+//! - [`Proc`]: a child whose stdout is read line by line and whose stderr is
+//!   collected, by threads; bounded waits for a line or for the exit, the
+//!   port of its `Listening on` line, signals by its own PID. Dropping it
+//!   kills and reaps the child.
+//! - [`ChildGuard`]: the bare kill-and-reap guard, for a [`Child`] whose
+//!   output a test reads itself; [`wait_exit`]: a bounded wait for an exit.
+//! - [`tools_present`]: whether external tools are on `PATH`, failing
+//!   instead of skipping when `CI` is set.
+//! - [`lower_nofile_in_child`]: a lower fd limit for a child to be started.
+//!
+//! Every wait is bounded: by a [`Proc`]'s limit ([`LIMIT`] unless set with
+//! [`Proc::with_limit`]) or by an explicit duration.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long a [`Proc`]'s waits may take unless it is given another limit.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// How often a wait for an exit looks again (a poll interval, never a
+/// synchronisation: the wait ends on the exit itself).
+const POLL: Duration = Duration::from_millis(10);
+
+/// Builds `server-app` and `client-app` once per test process (`cargo build
+/// -p server-app -p client-app`, with the profile this test was built with)
+/// and returns the folder holding them: this test's own target folder.
+///
+/// Panics when the build fails or a binary is not where it should be.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // A test runs as <target>/<profile>/deps/NAME-HASH.
+        let exe = std::env::current_exe().expect("own path");
+        let dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target folder")
+            .to_path_buf();
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace folder");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "server-app", "-p", "client-app"])
+            .current_dir(workspace);
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build failed: {status}");
+        for name in ["server-app", "client-app"] {
+            assert!(
+                dir.join(name).exists(),
+                "{name} not found in {}",
+                dir.display()
+            );
+        }
+        dir
+    })
+}
+
+/// The path of the built binary `name` (`server-app` or `client-app`),
+/// building both first if this process has not yet.
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A child process that is killed (by its own PID) and reaped when the
+/// guard drops, whether the test passed or panicked. Harmless once the
+/// child has exited. Derefs to the [`Child`].
+#[derive(Debug)]
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(child)
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Kills by this child's PID only; harmless once it has exited.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `child` exits or `within` passes; returns its status, or
+/// `None` if it is still running (it is left running).
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// A child process with its output read by threads: stdout line by line
+/// into a channel, stderr whole. Dropping it kills and reaps the child.
+#[derive(Debug)]
+pub struct Proc {
+    /// The name used in failure messages.
+    name: String,
+    child: ChildGuard,
+    lines: Receiver<String>,
+    /// Every stdout line taken from `lines` so far.
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    /// The bound on each wait.
+    limit: Duration,
+}
+
+impl Proc {
+    /// Starts `command` with stdin from `/dev/null` and stdout and stderr
+    /// piped to reader threads; `name` stands for it in failure messages.
+    #[track_caller]
+    pub fn spawn(name: impl Into<String>, command: &mut Command) -> Proc {
+        let name = name.into();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr_pipe = child.stderr.take().expect("stderr");
+        let child = ChildGuard::new(child);
+        let (tx, lines) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let readers = vec![
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }),
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = stderr_pipe.read_to_string(&mut text);
+                sink.lock().unwrap().push_str(&text);
+            }),
+        ];
+        Proc {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            readers,
+            limit: LIMIT,
+        }
+    }
+
+    /// Starts `program` with `args` (see [`Proc::spawn`]).
+    #[track_caller]
+    pub fn start(program: impl AsRef<Path>, args: &[&str]) -> Proc {
+        let program = program.as_ref();
+        Proc::spawn(
+            program.display().to_string(),
+            Command::new(program).args(args),
+        )
+    }
+
+    /// Starts the built binary `name` (see [`binary`]) with `args`.
+    #[track_caller]
+    pub fn app(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn(name, Command::new(binary(name)).args(args))
+    }
+
+    /// Starts server-app on a free loopback port (`--host 127.0.0.1 --port
+    /// 0`, then `extra`); returns it, once it has printed its `Listening on`
+    /// line, and the port.
+    #[track_caller]
+    pub fn server(extra: &[&str]) -> (Proc, u16) {
+        let mut command = server_command(extra);
+        let mut server = Proc::spawn("server-app", &mut command);
+        let port = server.listening_port();
+        (server, port)
+    }
+
+    /// This process with `limit` as the bound on each of its waits.
+    #[must_use]
+    pub fn with_limit(mut self, limit: Duration) -> Proc {
+        self.limit = limit;
+        self
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stdout line the waits have taken so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits (bounded) for a stdout line that satisfies `want`; returns it.
+    /// Panics, with the output so far, when none comes in time or stdout
+    /// closes first.
+    #[track_caller]
+    pub fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + self.limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no such line within {:?}; stdout so far:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.limit,
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: stdout closed before the line came ({:?}); stdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Waits (bounded) until everything this process printed to stdout,
+    /// lines joined with `\n`, satisfies `done`; `what` names it in the
+    /// failure message. For output whose pieces may share a line.
+    #[track_caller]
+    pub fn wait_output(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + self.limit;
+        while !done(&self.seen.join("\n")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "{}: {what}: {}; stdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    match e {
+                        RecvTimeoutError::Timeout => "not within the time limit",
+                        RecvTimeoutError::Disconnected => "stdout closed first",
+                    },
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Waits (bounded) for a `Listening on ADDR[, ADDR…]` line and returns
+    /// the port of its first address, which must be a loopback one and not
+    /// port 0.
+    #[track_caller]
+    pub fn listening_port(&mut self) -> u16 {
+        let line = self.wait_line(|l| l.starts_with("Listening on "));
+        let first = line["Listening on ".len()..]
+            .split(", ")
+            .next()
+            .expect("an address");
+        let addr: SocketAddr = first
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+        assert!(addr.ip().is_loopback(), "{line}");
+        assert_ne!(addr.port(), 0, "{line}");
+        addr.port()
+    }
+
+    /// Sends `signal` to this child (by its own PID, nothing else).
+    #[track_caller]
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id();
+        if let Err(e) = sys::kill(pid, signal) {
+            panic!("kill({pid}, {signal}) failed: {e}");
+        }
+    }
+
+    /// Waits (bounded by this process's limit) for the child to exit, then
+    /// for its output to end; see [`Proc::finish_within`].
+    #[track_caller]
+    pub fn finish(self) -> Finished {
+        let within = self.limit;
+        self.finish_within(within)
+    }
+
+    /// Waits (bounded by `within`) for the child to exit, then for its
+    /// output to end; returns the status, every stdout line, and stderr.
+    /// Panics, with the output so far, if the child is still running.
+    #[track_caller]
+    pub fn finish_within(mut self, within: Duration) -> Finished {
+        let Some(status) = wait_exit(&mut self.child, within) else {
+            panic!(
+                "{} still running after {within:?}; stdout so far:\n{}",
+                self.name,
+                self.seen.join("\n")
+            );
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        self.seen.extend(self.lines.try_iter());
+        Finished {
+            status,
+            lines: std::mem::take(&mut self.seen),
+            stderr: self.stderr.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// What a finished child left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Every line of its stdout, without line ends.
+    pub lines: Vec<String>,
+    /// All of its stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// All of stdout: the lines joined with `\n` (no trailing line end).
+    pub fn stdout(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// The command that starts server-app on a free loopback port: `--host
+/// 127.0.0.1 --port 0`, then `extra`. For a start [`Proc::server`] cannot
+/// express; run it with [`Proc::spawn`] and read the port with
+/// [`Proc::listening_port`].
+pub fn server_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(binary("server-app"));
+    command
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(extra);
+    command
+}
+
+/// Whether `program` is a file in one of the `PATH` folders.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Whether every one of `tools` is on `PATH`. When one is missing and the
+/// `CI` environment variable is set, panics (CI must install `packages`);
+/// when `CI` is not set, returns `false` and the caller skips, with a note.
+#[track_caller]
+pub fn tools_present(tools: &[&str], packages: &str) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} not on PATH, and CI is set: CI must install {packages}",
+        missing.join(" and ")
+    );
+    false
+}
+
+/// Lowers the soft `RLIMIT_NOFILE` of `command`'s child to `soft` (the hard
+/// limit stays), between fork and exec.
+pub fn lower_nofile_in_child(command: &mut Command, soft: u64) {
+    sys::lower_nofile_in_child(command, soft);
+}
+
+/// The crate's only unsafe code: two libc calls on our own children.
+#[allow(unsafe_code)]
+mod sys {
+    use std::io;
+    use std::process::Command;
+
+    /// kill(2): sends `signal` to process `pid`, which must be a child of
+    /// ours that has not been reaped.
+    pub(super) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes no pointers. The PID is our own child's,
+        // still owned by a `Proc` that reaps it only when it drops, so it
+        // cannot have been reused for another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// See [`super::lower_nofile_in_child`].
+    pub(super) fn lower_nofile_in_child(command: &mut Command, soft: u64) {
+        use std::os::unix::process::CommandExt;
+
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `current` is a live, writable `rlimit`.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
+        assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+        let lowered = libc::rlimit {
+            rlim_cur: soft.min(current.rlim_max),
+            rlim_max: current.rlim_max,
+        };
+        // SAFETY: the closure runs in the forked child before exec, where
+        // only async-signal-safe calls are allowed: it makes one
+        // setrlimit(2) call on a value copied into it, and allocates and
+        // locks nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+}
