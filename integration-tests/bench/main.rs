@@ -13,6 +13,11 @@
 //!
 //! Targets are printed as pass/fail, never asserted: speed belongs here, not
 //! in a timed test.
+//!
+//! The `workers-*` scenarios (issue 6) hold `server-app --workers 2` (the
+//! "server-app" column) against `server-app --workers 1` (the "reference"
+//! column) on the pipelined and fixed-rate loads, the server unpinned so
+//! that a second worker has a second CPU to run on (`-- --only workers`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -93,13 +98,16 @@ struct Scenario {
     /// Target on the ratio server-app / reference (`Some(limit)`), with
     /// whether the ratio must be at most (`true`) or at least the limit.
     target: Option<(f64, bool)>,
+    /// Measure `server-app --workers 2` against `--workers 1` (unpinned)
+    /// instead of server-app against the reference.
+    workers: bool,
 }
 
 const IDLE_CONNECTIONS: usize = 5000;
 const FIXED_RATE: f64 = 1_000_000.0;
 const IDLE_TARGET_BYTES: f64 = 4500.0;
 
-const SCENARIOS: [Scenario; 7] = [
+const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "ping-pong",
         framing: "raw",
@@ -109,6 +117,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: 0.0,
         figure: Figure::Latency,
         target: Some((1.05, true)),
+        workers: false,
     },
     Scenario {
         name: "pipelined",
@@ -119,6 +128,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: 0.0,
         figure: Figure::MsgsPerSec,
         target: Some((1.25, false)),
+        workers: false,
     },
     Scenario {
         name: "bulk",
@@ -129,6 +139,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: 0.0,
         figure: Figure::MbPerSec,
         target: Some((1.0, false)),
+        workers: false,
     },
     Scenario {
         name: "framed",
@@ -139,6 +150,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: 0.0,
         figure: Figure::MsgsPerSec,
         target: Some((1.0, false)),
+        workers: false,
     },
     Scenario {
         name: "fixed-rate-raw",
@@ -149,6 +161,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: FIXED_RATE,
         figure: Figure::ServerCpu,
         target: Some((0.80, true)),
+        workers: false,
     },
     Scenario {
         name: "fixed-rate-framed",
@@ -159,6 +172,7 @@ const SCENARIOS: [Scenario; 7] = [
         rate: FIXED_RATE,
         figure: Figure::ServerCpu,
         target: Some((0.90, true)),
+        workers: false,
     },
     Scenario {
         name: "idle",
@@ -169,6 +183,29 @@ const SCENARIOS: [Scenario; 7] = [
         rate: 0.0,
         figure: Figure::IdleRss,
         target: None,
+        workers: false,
+    },
+    Scenario {
+        name: "workers-pipelined",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 16,
+        rate: 0.0,
+        figure: Figure::MsgsPerSec,
+        target: None,
+        workers: true,
+    },
+    Scenario {
+        name: "workers-fixed-rate",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 1,
+        rate: FIXED_RATE,
+        figure: Figure::ServerCpu,
+        target: None,
+        workers: true,
     },
 ];
 
@@ -177,6 +214,8 @@ const SCENARIOS: [Scenario; 7] = [
 enum Server {
     App,
     Reference,
+    /// `server-app --workers N`, unpinned.
+    Workers(usize),
 }
 
 /// Where the binaries are and how processes are pinned.
@@ -293,8 +332,15 @@ fn run(opts: &Options) -> Result<(), String> {
         }
         let mut app = Vec::new();
         let mut reference = Vec::new();
+        // The first server fills the "server-app" column, the second the
+        // "reference" column.
+        let servers = if scenario.workers {
+            [Server::Workers(2), Server::Workers(1)]
+        } else {
+            [Server::App, Server::Reference]
+        };
         for run in 0..opts.runs {
-            for server in [Server::App, Server::Reference] {
+            for (column, server) in servers.into_iter().enumerate() {
                 eprint!(
                     "{} {:?} run {}/{}.. ",
                     scenario.name,
@@ -304,9 +350,10 @@ fn run(opts: &Options) -> Result<(), String> {
                 );
                 let sample = measure(&env, scenario, server, opts.seconds)?;
                 eprintln!("{:?} (errors {})", sample.values, sample.errors);
-                match server {
-                    Server::App => app.push(sample),
-                    Server::Reference => reference.push(sample),
+                if column == 0 {
+                    app.push(sample);
+                } else {
+                    reference.push(sample);
                 }
             }
         }
@@ -321,6 +368,8 @@ fn run(opts: &Options) -> Result<(), String> {
 #[derive(Debug)]
 struct Row {
     scenario: String,
+    /// Its columns are `--workers 2` and `--workers 1`.
+    workers: bool,
     app: f64,
     reference: f64,
     errors: u64,
@@ -360,8 +409,13 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
         } else {
             format!(", {}", s.framing)
         };
+        let workers = if s.workers {
+            ", --workers 2 vs 1, unpinned"
+        } else {
+            ""
+        };
         format!(
-            "{} ({} conn{}, {} B{}{}): {figure}",
+            "{} ({} conn{}, {} B{}{}{workers}): {figure}",
             s.name,
             s.clients,
             if s.clients == 1 { "" } else { "s" },
@@ -383,6 +437,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
             let (target, pass) = ratio_target(p99a, p99r);
             vec![
                 Row {
+                    workers: s.workers,
                     scenario: label("p50 round trip, us"),
                     app: p50a,
                     reference: p50r,
@@ -391,6 +446,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                     pass: None,
                 },
                 Row {
+                    workers: s.workers,
                     scenario: label("p99 round trip, us"),
                     app: p99a,
                     reference: p99r,
@@ -414,6 +470,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                 format!("{what} (reference: raw)")
             };
             vec![Row {
+                workers: s.workers,
                 scenario: label(&what),
                 app: a,
                 reference: r,
@@ -441,6 +498,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                 " (reference: raw)"
             };
             vec![Row {
+                workers: s.workers,
                 scenario: label(&format!("server CPU %{reference_note} at {sustained}")),
                 app: a,
                 reference: r,
@@ -452,6 +510,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
         Figure::IdleRss => {
             let (a, r) = (pick(app, 0), pick(reference, 0));
             vec![Row {
+                workers: s.workers,
                 scenario: label("server RSS bytes per connection"),
                 app: a,
                 reference: r,
@@ -487,6 +546,14 @@ fn print_table(rows: &[Row], env: &Env) {
             result
         );
     }
+    if rows.iter().any(|r| r.workers) {
+        println!();
+        println!(
+            "workers-* rows: the server-app column is `server-app --workers 2`, the reference \
+             column `server-app --workers 1`, the server unpinned{}.",
+            if env.pin { ", the load on CPU 1" } else { "" }
+        );
+    }
 }
 
 fn fmt_value(v: f64) -> String {
@@ -511,14 +578,14 @@ impl Drop for Guard {
 }
 
 /// Builds a command that raises its open-file limit, is pinned to `cpu`
-/// (when pinning), and runs `program args`.
-fn command(env: &Env, cpu: u32, program: &str, args: &[String]) -> Command {
+/// (when pinning and `cpu` is `Some`), and runs `program args`.
+fn command(env: &Env, cpu: Option<u32>, program: &str, args: &[String]) -> Command {
     // `exec` keeps the PID: the child's PID is the server's own.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("ulimit -n 20000 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$@\"")
         .arg("sh");
-    if env.pin {
+    if let (true, Some(cpu)) = (env.pin, cpu) {
         cmd.args(["taskset", "-c", &cpu.to_string()]);
     }
     cmd.arg(env.bin_dir.join(program)).args(args);
@@ -534,7 +601,7 @@ struct Running {
 
 fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Running, String> {
     let (program, args): (&str, Vec<String>) = match server {
-        Server::App => (
+        Server::App | Server::Workers(_) => (
             "server-app",
             [
                 "--quiet",
@@ -557,7 +624,15 @@ fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Runnin
                 .to_vec(),
         ),
     };
-    let mut cmd = command(env, 0, program, &args);
+    let (args, cpu) = match server {
+        Server::Workers(n) => {
+            let mut args = args;
+            args.extend(["--workers".to_string(), n.to_string()]);
+            (args, None)
+        }
+        _ => (args, Some(0)),
+    };
+    let mut cmd = command(env, cpu, program, &args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -683,7 +758,7 @@ fn measure(env: &Env, s: &Scenario, server: Server, seconds: f64) -> Result<Samp
     if s.rate > 0.0 {
         args.extend(["--rate".into(), format!("{}", s.rate)]);
     }
-    let mut cmd = command(env, 1, "client-app", &args);
+    let mut cmd = command(env, Some(1), "client-app", &args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -738,7 +813,7 @@ fn measure_idle(
         "--duration".into(),
         format!("{}", seconds + 60.0),
     ]);
-    let mut cmd = command(env, 1, "client-app", &args);
+    let mut cmd = command(env, Some(1), "client-app", &args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
