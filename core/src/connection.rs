@@ -538,7 +538,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
             if let Phase::Draining(_, deadline, timer) = &mut self.phase {
                 let deadline = *deadline;
-                let drained = self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0;
+                let drained =
+                    self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0;
                 let expired = !drained && Pin::new(timer).poll(cx).is_ready();
                 if drained || expired {
                     let Phase::Draining(reason, _, _) =

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use async_io::Async;
 use futures::stream::{self, Stream};
 
+mod poller;
 mod worker;
 
 pub(crate) use worker::{TcpStream, set_worker_threads, spawn_on_worker};

@@ -13,12 +13,6 @@
 //! Wakes from other threads (a `send` from another task, a timer) push the
 //! task onto the worker's remote queue and wake its poller only if it sleeps.
 
-// `Poller::add_with_mode` is unsafe: the socket must be removed from the
-// poller before it is closed. `Registration`'s `Drop` does exactly that, and
-// the socket is a field of the stream that owns the registration, dropped
-// after it.
-#![allow(unsafe_code)]
-
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,9 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
+use super::poller::{Events, Poller};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
-use polling::{Event, Events, PollMode, Poller};
 
 /// Tasks one turn of a worker runs before it looks at its sockets again.
 const TASKS_PER_TURN: usize = 256;
@@ -148,21 +142,16 @@ impl Worker {
                 idle
             };
             READY.with(|ready| ready.borrow_mut().extend(woken.drain(..)));
-            events.clear();
-            let timeout = if block {
-                None
-            } else {
-                Some(std::time::Duration::ZERO)
-            };
-            if let Err(e) = self.poller.wait(&mut events, timeout) {
+            if let Err(e) = self.poller.wait(&mut events, block) {
                 log::error!("session worker {}: poller wait failed: {e}", self.id);
             }
             if block {
                 lock(&self.remote).sleeping = false;
             }
-            if !events.is_empty() {
+            let mut ready = events.iter().peekable();
+            if ready.peek().is_some() {
                 let sources = lock(&self.sources);
-                for event in events.iter() {
+                for event in ready {
                     if let Some(source) = sources.get(event.key) {
                         if event.readable {
                             source.read_gen.fetch_add(1, Ordering::AcqRel);
@@ -202,7 +191,7 @@ impl Task {
             remote.sleeping
         };
         if sleeping {
-            let _ = worker.poller.notify();
+            worker.poller.notify();
         }
     }
 
@@ -296,13 +285,7 @@ impl Registration {
         };
         let source = Arc::new(Source::default());
         let key = lock(&worker.sources).insert(Arc::clone(&source));
-        // SAFETY: `TcpStream::drop` deletes the socket from this poller (by
-        // dropping the registration) before the socket itself is closed.
-        let added = unsafe {
-            worker
-                .poller
-                .add_with_mode(socket, Event::all(key), PollMode::Edge)
-        };
+        let added = worker.poller.add(socket, key);
         if let Err(e) = added {
             lock(&worker.sources).remove(key);
             return Err(e);
