@@ -10,8 +10,8 @@
 //!   kills and reaps the child.
 //! - [`ChildGuard`]: the bare kill-and-reap guard, for a [`Child`] whose
 //!   output a test reads itself; [`wait_exit`]: a bounded wait for an exit.
-//! - [`tools_present`]: whether external tools are on `PATH`, failing
-//!   instead of skipping when `CI` is set.
+//! - [`tools_present`], [`find_program`], [`fail_if_ci`]: whether external
+//!   tools are installed, failing instead of skipping when `CI` is set.
 //! - [`lower_nofile_in_child`]: a lower fd limit for a child to be started.
 //!
 //! Every wait is bounded: by a [`Proc`]'s limit ([`LIMIT`] unless set with
@@ -22,8 +22,7 @@ use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -137,19 +136,40 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 }
 
 /// A child process with its output read by threads: stdout line by line
-/// into a channel, stderr whole. Dropping it kills and reaps the child.
+/// into a shared buffer, stderr whole. Dropping it kills and reaps the
+/// child.
+///
+/// The waits ([`Proc::wait_line`], [`Proc::wait_output`]) take lines in
+/// order, each at most once: [`Proc::seen`] is what they have taken so far.
+/// [`Proc::lines`] and [`Proc::has_line`] look at every line so far
+/// without taking any.
 #[derive(Debug)]
 pub struct Proc {
     /// The name used in failure messages.
     name: String,
     child: ChildGuard,
-    lines: Receiver<String>,
-    /// Every stdout line taken from `lines` so far.
-    seen: Vec<String>,
+    stdout: Arc<Stdout>,
+    /// How many stdout lines the waits have taken.
+    taken: usize,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     /// The bound on each wait.
     limit: Duration,
+}
+
+/// A child's stdout as its reader thread has read it so far.
+#[derive(Debug, Default)]
+struct Stdout {
+    read: Mutex<Lines>,
+    /// Notified on every line and at the end of the stream.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    lines: Vec<String>,
+    /// The stream has ended (the child closed it or exited).
+    ended: bool,
 }
 
 impl Proc {
@@ -164,32 +184,33 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout_pipe = child.stdout.take().expect("stdout");
         let mut stderr_pipe = child.stderr.take().expect("stderr");
         let child = ChildGuard::new(child);
-        let (tx, lines) = mpsc::channel();
+        let stdout = Arc::new(Stdout::default());
         let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
+        let (lines_sink, text_sink) = (Arc::clone(&stdout), Arc::clone(&stderr));
         let readers = vec![
             thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
+                for line in BufReader::new(stdout_pipe).lines() {
                     let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
+                    lines_sink.read.lock().unwrap().lines.push(line);
+                    lines_sink.changed.notify_all();
                 }
+                lines_sink.read.lock().unwrap().ended = true;
+                lines_sink.changed.notify_all();
             }),
             thread::spawn(move || {
                 let mut text = String::new();
                 let _ = stderr_pipe.read_to_string(&mut text);
-                sink.lock().unwrap().push_str(&text);
+                text_sink.lock().unwrap().push_str(&text);
             }),
         ];
         Proc {
             name,
             child,
-            lines,
-            seen: Vec::new(),
+            stdout,
+            taken: 0,
             stderr,
             readers,
             limit: LIMIT,
@@ -236,13 +257,64 @@ impl Proc {
     }
 
     /// Every stdout line the waits have taken so far.
-    pub fn seen(&self) -> &[String] {
-        &self.seen
+    pub fn seen(&self) -> Vec<String> {
+        self.stdout.read.lock().unwrap().lines[..self.taken].to_vec()
+    }
+
+    /// Every stdout line read so far, taken or not.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.read.lock().unwrap().lines.clone()
+    }
+
+    /// Whether some stdout line read so far satisfies `want`.
+    pub fn has_line(&self, want: impl Fn(&str) -> bool) -> bool {
+        self.stdout
+            .read
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| want(l))
+    }
+
+    /// The last 40 stdout lines and all of stderr so far, for failure
+    /// messages.
+    pub fn describe(&self) -> String {
+        let lines = self.lines();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        format!(
+            "{}: last {} of {} stdout lines:\n{}\nstderr:\n{}",
+            self.name,
+            tail.len(),
+            lines.len(),
+            tail.join("\n"),
+            self.stderr.lock().unwrap()
+        )
     }
 
     /// Whether the child is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits (bounded) for the next stdout line not yet taken; `None` when
+    /// the stream ended first, `Err` when the limit passed first.
+    fn next_line(&mut self, deadline: Instant) -> Result<Option<String>, ()> {
+        let mut read = self.stdout.read.lock().unwrap();
+        loop {
+            if let Some(line) = read.lines.get(self.taken) {
+                self.taken += 1;
+                return Ok(Some(line.clone()));
+            }
+            if read.ended {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(());
+            }
+            read = self.stdout.changed.wait_timeout(read, left).unwrap().0;
+        }
     }
 
     /// Waits (bounded) for a stdout line that satisfies `want`; returns it.
@@ -252,26 +324,24 @@ impl Proc {
     pub fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + self.limit;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
+            match self.next_line(deadline) {
+                Ok(Some(line)) => {
                     if want(&line) {
                         return line;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!(
+                Err(()) => panic!(
                     "{}: no such line within {:?}; stdout so far:\n{}\nstderr:\n{}",
                     self.name,
                     self.limit,
-                    self.seen.join("\n"),
+                    self.seen().join("\n"),
                     self.stderr.lock().unwrap()
                 ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
+                Ok(None) => panic!(
                     "{}: stdout closed before the line came ({:?}); stdout:\n{}\nstderr:\n{}",
                     self.name,
                     self.child.try_wait(),
-                    self.seen.join("\n"),
+                    self.seen().join("\n"),
                     self.stderr.lock().unwrap()
                 ),
             }
@@ -284,21 +354,18 @@ impl Proc {
     #[track_caller]
     pub fn wait_output(&mut self, what: &str, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + self.limit;
-        while !done(&self.seen.join("\n")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!(
-                    "{}: {what}: {}; stdout:\n{}\nstderr:\n{}",
-                    self.name,
-                    match e {
-                        RecvTimeoutError::Timeout => "not within the time limit",
-                        RecvTimeoutError::Disconnected => "stdout closed first",
-                    },
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-            }
+        while !done(&self.seen().join("\n")) {
+            let why = match self.next_line(deadline) {
+                Ok(Some(_)) => continue,
+                Err(()) => "not within the time limit",
+                Ok(None) => "stdout closed first",
+            };
+            panic!(
+                "{}: {what}: {why}; stdout:\n{}\nstderr:\n{}",
+                self.name,
+                self.seen().join("\n"),
+                self.stderr.lock().unwrap()
+            );
         }
     }
 
@@ -330,6 +397,33 @@ impl Proc {
     }
 
     /// Waits (bounded by this process's limit) for the child to exit, then
+    /// for its output to end; returns the status. The process stays, for
+    /// [`Proc::lines`] and [`Proc::describe`]. Panics, with the output so
+    /// far, if the child is still running.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let within = self.limit;
+        self.wait_exit_within(within)
+    }
+
+    /// [`Proc::wait_exit`], bounded by `within`.
+    #[track_caller]
+    pub fn wait_exit_within(&mut self, within: Duration) -> ExitStatus {
+        let Some(status) = wait_exit(&mut self.child, within) else {
+            panic!(
+                "{} still running after {within:?}\n{}",
+                self.name,
+                self.describe()
+            );
+        };
+        // The pipes close with the process: the readers end.
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        status
+    }
+
+    /// Waits (bounded by this process's limit) for the child to exit, then
     /// for its output to end; see [`Proc::finish_within`].
     #[track_caller]
     pub fn finish(self) -> Finished {
@@ -342,21 +436,11 @@ impl Proc {
     /// Panics, with the output so far, if the child is still running.
     #[track_caller]
     pub fn finish_within(mut self, within: Duration) -> Finished {
-        let Some(status) = wait_exit(&mut self.child, within) else {
-            panic!(
-                "{} still running after {within:?}; stdout so far:\n{}",
-                self.name,
-                self.seen.join("\n")
-            );
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        self.seen.extend(self.lines.try_iter());
+        let status = self.wait_exit_within(within);
         Finished {
             status,
-            lines: std::mem::take(&mut self.seen),
-            stderr: self.stderr.lock().unwrap().clone(),
+            lines: std::mem::take(&mut self.stdout.read.lock().unwrap().lines),
+            stderr: std::mem::take(&mut *self.stderr.lock().unwrap()),
         }
     }
 }
@@ -391,27 +475,42 @@ pub fn server_command(extra: &[&str]) -> Command {
     command
 }
 
-/// Whether `program` is a file in one of the `PATH` folders.
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
+/// Where `program` is: in the first `PATH` folder that holds it, else in
+/// the first of the folders `also` (for those a non-root `PATH` may leave
+/// out, such as `/usr/sbin`).
+pub fn find_program(program: &str, also: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also.iter().map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
-/// Whether every one of `tools` is on `PATH`. When one is missing and the
-/// `CI` environment variable is set, panics (CI must install `packages`);
-/// when `CI` is not set, returns `false` and the caller skips, with a note.
+/// Whether `program` is a file in one of the `PATH` folders.
+pub fn on_path(program: &str) -> bool {
+    find_program(program, &[]).is_some()
+}
+
+/// For a test that needs `missing` (a tool, or tools) which is not
+/// installed: panics when the `CI` environment variable is set (CI must
+/// install `packages`); otherwise returns, and the caller skips with a note.
+#[track_caller]
+pub fn fail_if_ci(missing: &str, packages: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing} not installed, and CI is set: CI must install {packages}"
+    );
+}
+
+/// Whether every one of `tools` is on `PATH`. When one is missing, see
+/// [`fail_if_ci`]: a panic under `CI`, else `false` and the caller skips.
 #[track_caller]
 pub fn tools_present(tools: &[&str], packages: &str) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if missing.is_empty() {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} not on PATH, and CI is set: CI must install {packages}",
-        missing.join(" and ")
-    );
+    fail_if_ci(&missing.join(" and "), packages);
     false
 }
 

@@ -15,19 +15,17 @@
 //! bounded; only 127.0.0.1 is used.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use integration_tests::process::{self, LIMIT, Proc};
 use integration_tests::{read_line, wait_until, write_all};
-
-/// The longest any one wait in these tests may take.
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// The reply suffix server-app appends by default.
 const SUFFIX: &str = " - Receive Completed";
@@ -35,198 +33,16 @@ const SUFFIX: &str = " - Receive Completed";
 /// Lines a pipelining client writes before it reads their replies.
 const BATCH: usize = 8;
 
-/// Builds server-app once (same profile as this test); the folder holding it.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // This test runs as <target>/<profile>/deps/haproxy-HASH.
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target folder")
-            .to_path_buf();
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace folder");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "server-app"])
-            .current_dir(workspace);
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build failed: {status}");
-        assert!(
-            dir.join("server-app").exists(),
-            "server-app not found in {}",
-            dir.display()
-        );
-        dir
-    })
-}
-
 /// The `haproxy` binary: on PATH, else where Debian puts it
 /// (`/usr/sbin/haproxy`, which a non-root PATH may leave out). `None`
 /// (with a note) when it is missing and CI is not set; a failure under CI.
 fn haproxy() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("haproxy"));
-    let found = on_path
-        .chain(["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"].map(PathBuf::from))
-        .find(|path| path.is_file());
+    let found = process::find_program("haproxy", &["/usr/sbin", "/usr/local/sbin"]);
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "haproxy is not installed, and CI is set: CI must install it (apt-get install haproxy)"
-        );
+        process::fail_if_ci("haproxy", "haproxy (apt-get install haproxy)");
         eprintln!("SKIPPED: haproxy is not installed (Debian: apt-get install haproxy)");
     }
     found
-}
-
-/// A child whose stdout lines are collected by a thread and whose stderr is
-/// kept whole. Dropping it kills (by its PID) and reaps the child.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn start(name: &str, program: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr_pipe = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (line_sink, text_sink) = (Arc::clone(&lines), Arc::clone(&stderr));
-        let readers = vec![
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    line_sink.lock().unwrap().push(line);
-                }
-            }),
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = stderr_pipe.read_to_string(&mut text);
-                text_sink.lock().unwrap().push_str(&text);
-            }),
-        ];
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            stderr,
-            readers,
-        }
-    }
-
-    /// Every stdout line so far.
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Whether some stdout line so far satisfies `want`.
-    fn has_line(&self, want: impl Fn(&str) -> bool) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| want(l))
-    }
-
-    /// Waits (bounded) for a stdout line that satisfies `want`; returns it.
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let mut found = None;
-        let exited = |child: &mut Child| child.try_wait().ok().flatten();
-        let ok = wait_until(LIMIT, || {
-            found = self.lines.lock().unwrap().iter().find(|l| want(l)).cloned();
-            found.is_some() || exited(&mut self.child).is_some()
-        });
-        found.unwrap_or_else(|| {
-            panic!(
-                "{}: no such line within {LIMIT:?} (timed out: {}, exit: {:?})\n{}",
-                self.name,
-                !ok,
-                exited(&mut self.child),
-                self.describe()
-            )
-        })
-    }
-
-    /// Sends `signal` to this child, by its own PID.
-    #[allow(unsafe_code)]
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes no pointers; the PID is our own child's,
-        // which cannot be reaped (and its PID reused) before `self` drops.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-    }
-
-    /// The exit status, if the child has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits (bounded) for the child to exit and its output to end.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        let exited = wait_until(LIMIT, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        assert!(
-            exited,
-            "{} still running after {LIMIT:?}\n{}",
-            self.name,
-            self.describe()
-        );
-        // The pipes close with the process: the readers end.
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        status.expect("exited")
-    }
-
-    /// The last stdout lines and all of stderr, for failure messages.
-    fn describe(&self) -> String {
-        let lines = self.lines();
-        let tail = &lines[lines.len().saturating_sub(40)..];
-        format!(
-            "{}: last {} of {} stdout lines:\n{}\nstderr:\n{}",
-            self.name,
-            tail.len(),
-            lines.len(),
-            tail.join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // By this child's PID only; harmless once it has exited.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One `server-app --proxy-protocol --framing lines` on 127.0.0.1, port 0,
@@ -239,29 +55,13 @@ struct Backend {
 
 impl Backend {
     fn start(name: &str) -> Backend {
-        let mut proc = Proc::start(
+        let mut proc = Proc::spawn(
             name,
-            &bin_dir().join("server-app"),
-            &[
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--proxy-protocol",
-                "--framing",
-                "lines",
-            ],
+            &mut process::server_command(&["--proxy-protocol", "--framing", "lines"]),
         );
-        let line = proc.wait_line(|l| l.starts_with("Listening on "));
-        let addr: SocketAddr = line["Listening on ".len()..]
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: bad address in {line:?}: {e}"));
-        assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
+        let port = proc.listening_port();
         proc.wait_line(|l| l.starts_with("Workers: ") && l.ends_with(", PROXY protocol expected"));
-        Backend {
-            proc,
-            port: addr.port(),
-        }
+        Backend { proc, port }
     }
 
     /// Whether this instance read the line `text`.
@@ -326,7 +126,10 @@ impl Cluster {
             std::fs::write(&config, haproxy_config(port, &backends))
                 .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
             let config_arg = config.to_str().expect("UTF-8 temp path");
-            let mut proc = Proc::start("haproxy", haproxy, &["-f", config_arg, "-db"]);
+            let mut proc = Proc::spawn(
+                "haproxy",
+                Command::new(haproxy).args(["-f", config_arg, "-db"]),
+            );
             let frontend = SocketAddr::from(([127, 0, 0, 1], port));
             if let Some(()) = wait_ready(&mut proc, frontend) {
                 return Cluster {
@@ -385,7 +188,7 @@ backend instances
 fn wait_ready(proc: &mut Proc, frontend: SocketAddr) -> Option<()> {
     let deadline = Instant::now() + LIMIT;
     loop {
-        if proc.exited().is_some() {
+        if !proc.is_running() {
             proc.wait_exit();
             return None;
         }
