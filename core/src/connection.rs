@@ -97,14 +97,15 @@ enum Phase {
     /// No more reading; writing what is queued until it is all out or the
     /// deadline passes.
     Draining(DisconnectReason, Instant, rt::Timer),
-    /// Closing the write side of the stream; then, until nothing more waits
-    /// or the instant given (the drain deadline) passes, reading and
-    /// discarding what the peer has sent (a "lingering close"). Closing a
-    /// socket with unread input makes the kernel reset the connection and
-    /// drop the replies still in its send buffer.
+    /// Closing the write side of the stream; then, until the instant given
+    /// (the drain deadline), reading and discarding what the peer has sent
+    /// (a "lingering close"): until nothing waits if it had sent nothing
+    /// more, else until its end of stream. Closing a socket with unread
+    /// input makes the kernel reset the connection and drop the replies
+    /// still in its send buffer.
     Closing(DisconnectReason, Option<Instant>),
-    /// The write side is closed; discarding waiting input until there is
-    /// none, the peer closes, or the timer fires.
+    /// The write side is closed; discarding input as `Closing` says, until
+    /// the timer fires at the latest.
     Lingering(DisconnectReason, rt::Timer),
     /// `on_disconnected` has run.
     Done,
@@ -138,6 +139,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     reading: bool,
     /// The peer's end of stream has been read.
     saw_eof: bool,
+    /// Lingering has read and dropped bytes the peer sent.
+    discarded: bool,
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
@@ -169,6 +172,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             reported: 0,
             reading: true,
             saw_eof: false,
+            discarded: false,
             started: false,
             poisoned: false,
             phase: Phase::Open,
@@ -509,10 +513,13 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                         }
                         reads += 1;
                         match self.poll_discard(cx) {
-                            // The peer closed, or nothing more is waiting:
-                            // a close now sends no reset.
-                            Poll::Ready(true) | Poll::Pending => break true,
-                            Poll::Ready(false) => {}
+                            Poll::Ready(true) => break true,
+                            Poll::Ready(false) => self.discarded = true,
+                            // Nothing waits. A peer that sent nothing since
+                            // reading stopped is done: close now. One that
+                            // was still sending may have more in flight; a
+                            // close would reset it, so wait for its end.
+                            Poll::Pending => break !self.discarded,
                         }
                     };
                 if !done {
