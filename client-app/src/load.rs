@@ -37,6 +37,8 @@ use anyhow::{Context, Result, bail};
 use session_core::Framing;
 use structopt::StructOpt;
 
+use crate::output::parse_seconds;
+
 /// Options of the load mode (flattened into the client's command line).
 #[derive(Debug, Clone, StructOpt)]
 pub struct LoadOptions {
@@ -70,15 +72,6 @@ pub struct LoadOptions {
     /// all are open.
     #[structopt(long)]
     pub idle: bool,
-}
-
-/// A number of seconds, fractions allowed, as a duration.
-fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
 }
 
 /// What one load run measured.

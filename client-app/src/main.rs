@@ -15,6 +15,7 @@
 
 mod greeter;
 mod load;
+#[path = "../../server-app/src/output.rs"]
 mod output;
 mod replies;
 
@@ -26,7 +27,7 @@ use session_core::{Connector, Framing, IpInformation, SendError, SessionConfig, 
 use structopt::StructOpt;
 
 use crate::greeter::{Greeter, Shared};
-use crate::output::say;
+use crate::output::{cli_error, parse_seconds, say};
 
 /// The command line of both modes.
 #[derive(Debug, StructOpt)]
@@ -59,15 +60,6 @@ struct Opt {
 /// Greetings sent when `--count` is not given.
 const DEFAULT_GREETINGS: u64 = 5;
 
-/// A number of seconds, fractions allowed, as a duration.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
-}
-
 /// What `--help` says first. Set on the built parser because a flattened
 /// struct's doc comment would otherwise replace the one on `Opt`.
 const ABOUT: &str = "Greeting client: sends --count numbered greetings (default 5) and waits for \
@@ -97,27 +89,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Prints `--help`/`--version` on stdout (success), or the first line of a
-/// usage error on stderr (status 2).
-fn cli_error(e: &structopt::clap::Error) -> ExitCode {
-    use structopt::clap::ErrorKind;
-    if matches!(
-        e.kind,
-        ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
-    ) {
-        // Through `say!`: `--help | head` must not panic on the closed pipe.
-        say!("{}", e.message);
-        return ExitCode::SUCCESS;
-    }
-    let first = e.message.lines().next().unwrap_or("invalid arguments");
-    if first.starts_with("error:") {
-        eprintln!("{first}");
-    } else {
-        eprintln!("error: {first}");
-    }
-    ExitCode::from(2)
 }
 
 async fn greet(opt: Opt) -> Result<()> {

@@ -25,7 +25,7 @@ use signal_hook_async_std::Signals;
 use structopt::StructOpt;
 
 use crate::echo::EchoSession;
-use crate::output::say;
+use crate::output::{cli_error, parse_seconds, say};
 
 /// Echo server: replies to every message with the message and a suffix.
 #[derive(Debug, StructOpt)]
@@ -77,15 +77,6 @@ fn parse_workers(text: &str) -> Result<usize, String> {
     }
 }
 
-/// A number of seconds, fractions allowed, as a duration.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
-}
-
 fn main() -> ExitCode {
     let opt = match Opt::from_iter_safe(std::env::args_os()) {
         Ok(opt) => opt,
@@ -98,27 +89,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Prints `--help`/`--version` on stdout (success), or the first line of a
-/// usage error on stderr (status 2).
-fn cli_error(e: &structopt::clap::Error) -> ExitCode {
-    use structopt::clap::ErrorKind;
-    if matches!(
-        e.kind,
-        ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
-    ) {
-        // Through `say!`: `--help | head` must not panic on the closed pipe.
-        say!("{}", e.message);
-        return ExitCode::SUCCESS;
-    }
-    let first = e.message.lines().next().unwrap_or("invalid arguments");
-    if first.starts_with("error:") {
-        eprintln!("{first}");
-    } else {
-        eprintln!("error: {first}");
-    }
-    ExitCode::from(2)
 }
 
 async fn serve(opt: Opt) -> Result<()> {

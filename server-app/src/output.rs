@@ -1,13 +1,18 @@
-//! What the server prints, and how: one whole line at a time on stdout.
+//! What the programs print, and how: one whole line at a time on stdout;
+//! and the command-line pieces both share.
 //!
 //! Lines go through [`say!`], which writes a line under the stdout lock and
-//! ignores a closed pipe (a server whose output is piped into `head` keeps
-//! serving instead of panicking inside a session callback). Rust's stdout is
+//! ignores a closed pipe (a program whose output is piped into `head` keeps
+//! going instead of panicking inside a session callback). Rust's stdout is
 //! line-buffered even when piped, so a test reading the pipe sees every line
 //! as soon as it is printed.
+//!
+//! `client-app` uses this file too (`#[path]`): two thin binaries, one copy.
 
 use std::fmt;
 use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
 
 /// Prints one line on stdout; a failed write (closed pipe) is ignored.
 pub fn say_line(line: fmt::Arguments<'_>) {
@@ -43,4 +48,34 @@ pub fn printable(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A number of seconds, fractions allowed, as a duration (for flags).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+/// Prints `--help`/`--version` on stdout (success), or the first line of a
+/// usage error on stderr (status 2).
+pub fn cli_error(e: &structopt::clap::Error) -> ExitCode {
+    use structopt::clap::ErrorKind;
+    if matches!(
+        e.kind,
+        ErrorKind::HelpDisplayed | ErrorKind::VersionDisplayed
+    ) {
+        // Through `say!`: `--help | head` must not panic on the closed pipe.
+        say!("{}", e.message);
+        return ExitCode::SUCCESS;
+    }
+    let first = e.message.lines().next().unwrap_or("invalid arguments");
+    if first.starts_with("error:") {
+        eprintln!("{first}");
+    } else {
+        eprintln!("error: {first}");
+    }
+    ExitCode::from(2)
 }
