@@ -342,27 +342,36 @@ impl TcpStream {
         buf: &mut [u8],
         seen: usize,
     ) -> Poll<io::Result<usize>> {
+        let full = buf.len();
+        self.poll_ready_io(cx, Direction::Read, |socket| match socket.peek(buf) {
+            Ok(n) if n > seen || n == 0 || n == full => Ok(n),
+            // Nothing new: wait for the next readiness event.
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Runs `op` on the socket once it may make progress in `direction`
+    /// (see [`poll_io`]), registering the socket on first use.
+    fn poll_ready_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        direction: Direction,
+        mut op: impl FnMut(&StdTcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
         self.register()?;
         let TcpStream {
             registration,
             read_blocked,
+            write_blocked,
             socket,
-            ..
-        } = &mut *self;
-        let source = &registration.as_ref().expect("registered").source;
-        let full = buf.len();
-        poll_io(
-            cx,
-            &source.read_gen,
-            &source.read_waker,
-            read_blocked,
-            || match socket.peek(buf) {
-                Ok(n) if n > seen || n == 0 || n == full => Ok(n),
-                // Nothing new: wait for the next readiness event.
-                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            },
-        )
+        } = self;
+        let source = &registration.as_ref().expect("registered above").source;
+        let (generation, waker, blocked_at) = match direction {
+            Direction::Read => (&source.read_gen, &source.read_waker, read_blocked),
+            Direction::Write => (&source.write_gen, &source.write_waker, write_blocked),
+        };
+        poll_io(cx, generation, waker, blocked_at, || op(socket))
     }
 
     /// Takes `n` bytes already seen by [`poll_peek`](Self::poll_peek) off
@@ -401,6 +410,13 @@ impl Drop for TcpStream {
     }
 }
 
+/// Which readiness a socket operation waits for.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
 /// Runs `op` until it stops returning `Interrupted`; a `WouldBlock` waits for
 /// the next readiness event counted by `generation`.
 fn poll_io<T>(
@@ -435,21 +451,7 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.register()?;
-        let TcpStream {
-            registration,
-            read_blocked,
-            socket,
-            ..
-        } = &mut *self;
-        let source = &registration.as_ref().expect("registered").source;
-        poll_io(
-            cx,
-            &source.read_gen,
-            &source.read_waker,
-            read_blocked,
-            || (&*socket).read(buf),
-        )
+        self.poll_ready_io(cx, Direction::Read, |mut socket| socket.read(buf))
     }
 }
 
@@ -467,21 +469,9 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.register()?;
-        let TcpStream {
-            registration,
-            write_blocked,
-            socket,
-            ..
-        } = &mut *self;
-        let source = &registration.as_ref().expect("registered").source;
-        poll_io(
-            cx,
-            &source.write_gen,
-            &source.write_waker,
-            write_blocked,
-            || (&*socket).write_vectored(bufs),
-        )
+        self.poll_ready_io(cx, Direction::Write, |mut socket| {
+            socket.write_vectored(bufs)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
