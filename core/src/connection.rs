@@ -35,6 +35,9 @@ use crate::session::{
 const MAX_IOVECS: usize = 64;
 /// Reads one wake-up may do before it yields to other tasks.
 const READS_PER_POLL: usize = 16;
+/// A lingering close ends once a peer that was still sending has sent
+/// nothing for this long.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// A partial-frame buffer larger than this is freed once it empties.
 const KEEP_PENDING: usize = 16 * 1024;
 
@@ -100,13 +103,14 @@ enum Phase {
     /// Closing the write side of the stream; then, until the instant given
     /// (the drain deadline), reading and discarding what the peer has sent
     /// (a "lingering close"): until nothing waits if it had sent nothing
-    /// more, else until its end of stream. Closing a socket with unread
-    /// input makes the kernel reset the connection and drop the replies
-    /// still in its send buffer.
+    /// more, else until its end of stream or a quiet spell. Closing a socket
+    /// with unread input makes the kernel reset the connection and drop the
+    /// replies still in its send buffer.
     Closing(DisconnectReason, Option<Instant>),
     /// The write side is closed; discarding input as `Closing` says, until
-    /// the timer fires at the latest.
-    Lingering(DisconnectReason, rt::Timer),
+    /// the first timer (the drain deadline) fires at the latest, or the
+    /// second (quiet for [`LINGER_QUIET`]) once the peer has sent anything.
+    Lingering(DisconnectReason, rt::Timer, rt::Timer),
     /// `on_disconnected` has run.
     Done,
 }
@@ -344,18 +348,6 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         })
     }
 
-    /// Reads and drops input while lingering; `Ready(true)` once the peer
-    /// has closed (or the stream failed), `Pending` when nothing waits.
-    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        with_scratch(self.read_buffer_size, |scratch| {
-            match Pin::new(&mut self.io).poll_read(cx, scratch) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
-                Poll::Ready(Ok(_)) => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-    }
-
     /// Cuts `data` (with any partial frame kept from before) into messages
     /// and hands each to `on_received`.
     fn deliver(&mut self, data: &[u8]) {
@@ -498,34 +490,45 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 };
                 match linger {
                     Some(until) if !self.saw_eof && until > Instant::now() => {
-                        self.phase = Phase::Lingering(reason, rt::timer_at(until));
+                        let quiet = rt::timer_at(Instant::now() + LINGER_QUIET);
+                        self.phase = Phase::Lingering(reason, rt::timer_at(until), quiet);
                     }
                     _ => return Poll::Ready(self.finish(reason)),
                 }
             }
-            if let Phase::Lingering(_, timer) = &mut self.phase {
-                let expired = Pin::new(timer).poll(cx).is_ready();
-                let done = expired
-                    || loop {
-                        if reads == READS_PER_POLL {
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
+            if let Phase::Lingering(_, deadline, quiet) = &mut self.phase {
+                let (io, size) = (&mut self.io, self.read_buffer_size);
+                let expired = Pin::new(deadline).poll(cx).is_ready();
+                let mut done = expired;
+                while !done {
+                    if reads == READS_PER_POLL {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    reads += 1;
+                    match poll_discard(io, size, cx) {
+                        Poll::Ready(true) => done = true,
+                        Poll::Ready(false) => {
+                            self.discarded = true;
+                            quiet.set_after(LINGER_QUIET);
                         }
-                        reads += 1;
-                        match self.poll_discard(cx) {
-                            Poll::Ready(true) => break true,
-                            Poll::Ready(false) => self.discarded = true,
-                            // Nothing waits. A peer that sent nothing since
-                            // reading stopped is done: close now. One that
-                            // was still sending may have more in flight; a
-                            // close would reset it, so wait for its end.
-                            Poll::Pending => break !self.discarded,
+                        // Nothing waits. A peer that sent nothing since
+                        // reading stopped is done: close now. One that was
+                        // still sending may have more in flight, which a
+                        // close would answer with a reset: wait until it
+                        // closes or has been quiet a while (as nginx's
+                        // lingering close does).
+                        Poll::Pending => {
+                            done = !self.discarded || Pin::new(&mut *quiet).poll(cx).is_ready();
+                            break;
                         }
-                    };
+                    }
+                }
                 if !done {
                     return Poll::Pending;
                 }
-                let Phase::Lingering(reason, _) = std::mem::replace(&mut self.phase, Phase::Done)
+                let Phase::Lingering(reason, _, _) =
+                    std::mem::replace(&mut self.phase, Phase::Done)
                 else {
                     unreachable!()
                 };
@@ -664,6 +667,16 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Drop for Engine<S, T> {
             }));
         }
     }
+}
+
+/// Reads and drops input while lingering; `Ready(true)` once the peer has
+/// closed (or the stream failed), `Pending` when nothing waits.
+fn poll_discard<T: AsyncRead + Unpin>(io: &mut T, size: usize, cx: &mut Context<'_>) -> Poll<bool> {
+    with_scratch(size, |scratch| match Pin::new(io).poll_read(cx, scratch) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+        Poll::Ready(Ok(_)) => Poll::Ready(false),
+        Poll::Pending => Poll::Pending,
+    })
 }
 
 /// Lends `f` this thread's read buffer, at least `size` bytes long.
