@@ -61,6 +61,12 @@ pub struct SessionConfig {
     /// Most sessions one listener keeps open at once; a connection over the
     /// limit is closed at once and counted. Default 10,000.
     pub max_connections: usize,
+    /// Give every worker thread a listening socket of its own on the same
+    /// port (`SO_REUSEPORT`; the kernel spreads new connections over them),
+    /// so that each worker accepts its own connections and keeps their
+    /// sessions. Default `false`: one accept loop hands connections to the
+    /// workers in turn. Unix only.
+    pub reuse_port: bool,
     /// Expect a PROXY protocol header (version 1 or 2, as HAProxy's
     /// `send-proxy` / `send-proxy-v2` and nginx's `proxy_protocol on` send)
     /// at the start of every accepted connection, and use the client address
@@ -97,6 +103,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            reuse_port: false,
             proxy_protocol: false,
             proxy_header_timeout: Duration::from_secs(3),
             socket_send_buffer: None,

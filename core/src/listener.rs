@@ -4,6 +4,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::{Either, select};
 use futures::task::AtomicWaker;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::config::SessionConfig;
 use crate::connection::{panic_message, run_session};
@@ -51,6 +52,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Listener {
     sockets: Vec<rt::TcpListener>,
+    /// With `reuse_port`: for each worker after the first, its own sockets
+    /// on the same addresses, bound here so that no connection lands before
+    /// every worker's socket exists.
+    more: Vec<Vec<std::net::TcpListener>>,
     addrs: Vec<SocketAddr>,
     config: SessionConfig,
     shutdown: ShutdownHandle,
@@ -116,7 +121,7 @@ impl Listener {
         for endpoint in ip.endpoints() {
             let mut addr = *endpoint;
             addr.set_port(port);
-            match rt::bind(addr).await {
+            match rt::bind(addr, config.reuse_port).await {
                 Ok(socket) => {
                     let bound = socket.get_ref().local_addr()?;
                     port = bound.port();
@@ -139,8 +144,21 @@ impl Listener {
         for (addr, e) in errors {
             log::warn!("bind {ip}: skipped {addr}: {e}");
         }
+        let more = if config.reuse_port {
+            (1..rt::worker_count())
+                .map(|_| {
+                    addrs
+                        .iter()
+                        .map(|&addr| rt::bind_reuse_port(addr))
+                        .collect()
+                })
+                .collect::<io::Result<Vec<Vec<_>>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Listener {
             sockets,
+            more,
             addrs,
             config,
             shutdown: ShutdownHandle::default(),
@@ -190,57 +208,139 @@ impl Listener {
     /// connection over [`SessionConfig::max_connections`] is closed at once
     /// and counted in [`ListenerStats::rejected`]. A panic in `factory`
     /// drops that connection only.
-    pub async fn run<S, F>(self, mut factory: F) -> io::Result<()>
+    ///
+    /// With [`SessionConfig::reuse_port`], every worker thread accepts on a
+    /// socket of its own (`SO_REUSEPORT`, the kernel spreads connections)
+    /// and keeps the sessions it accepts; `factory` is cloned for each.
+    pub async fn run<S, F>(self, factory: F) -> io::Result<()>
     where
         S: Session,
-        F: FnMut() -> S,
+        F: FnMut() -> S + Clone + Send + 'static,
     {
         let Listener {
             sockets,
+            more,
             addrs,
             config,
             shutdown,
             shared,
         } = self;
-        {
-            let mut incoming = futures::stream::select_all(sockets.iter().map(rt::incoming));
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                let next = poll_fn(|cx| {
-                    if shutdown.poll_requested(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    incoming.poll_next_unpin(cx).map(|item| item.map(Some))
-                })
-                .await;
-                let stream = match next {
-                    None | Some(None) => break,
-                    Some(Some(Ok(stream))) => {
-                        backoff = FIRST_BACKOFF;
-                        stream
-                    }
-                    Some(Some(Err(e))) => {
-                        shared.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        if is_transient(&e) {
-                            log::debug!("accept on {addrs:?}: {e}");
-                            continue;
-                        }
-                        log::warn!("accept on {addrs:?}: {e}; pausing {backoff:?}");
-                        let stop = poll_fn(|cx| shutdown.poll_requested(cx));
-                        if let Either::Left(_) = select(stop, Box::pin(rt::sleep(backoff))).await {
-                            break;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        continue;
-                    }
+        if config.reuse_port {
+            let mut done = Vec::new();
+            let first = sockets
+                .into_iter()
+                .map(|s| s.into_inner())
+                .collect::<io::Result<Vec<_>>>()?;
+            for (worker, listeners) in std::iter::once(first).chain(more).enumerate() {
+                let listeners = listeners
+                    .into_iter()
+                    .map(rt::WorkerListener::new)
+                    .collect::<io::Result<Vec<_>>>()?;
+                let (finished, wait) = futures::channel::oneshot::channel::<()>();
+                done.push(wait);
+                let context = AcceptContext {
+                    addrs: addrs.clone(),
+                    config: config.clone(),
+                    shared: Arc::clone(&shared),
+                    shutdown: shutdown.clone(),
+                    spawn: rt::spawn_here,
                 };
-                accept_one(stream, &config, &shared, &shutdown, &mut factory);
+                let factory = factory.clone();
+                rt::spawn_on_index(worker, async move {
+                    let mut listeners = listeners;
+                    let incoming = futures::stream::poll_fn(|cx| {
+                        for listener in listeners.iter_mut() {
+                            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                                return Poll::Ready(Some(accepted));
+                            }
+                        }
+                        Poll::Pending
+                    });
+                    context.accept_loop(incoming, factory).await;
+                    let _ = finished.send(());
+                });
             }
+            for wait in done {
+                let _ = wait.await;
+            }
+        } else {
+            let incoming = futures::stream::select_all(sockets.iter().map(rt::incoming));
+            let context = AcceptContext {
+                addrs,
+                config: config.clone(),
+                shared: Arc::clone(&shared),
+                shutdown,
+                spawn: rt::spawn_on_worker,
+            };
+            context.accept_loop(incoming, factory).await;
+            // Stop accepting at once: a balancer sends new connections elsewhere.
+            drop(sockets);
         }
-        // Stop accepting at once: a balancer sends new connections elsewhere.
-        drop(sockets);
         close_all(&shared, config.drain_timeout).await;
         Ok(())
+    }
+}
+
+/// What one accept loop needs.
+struct AcceptContext {
+    addrs: Vec<SocketAddr>,
+    config: SessionConfig,
+    shared: Arc<ListenerShared>,
+    shutdown: ShutdownHandle,
+    /// Where a new session's task goes.
+    spawn: fn(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl AcceptContext {
+    /// Accepts until shutdown; accept errors pause the loop, never end it.
+    async fn accept_loop<S, F>(
+        &self,
+        mut incoming: impl Stream<Item = io::Result<rt::TcpStream>> + Unpin,
+        mut factory: F,
+    ) where
+        S: Session,
+        F: FnMut() -> S,
+    {
+        let (addrs, shared, shutdown) = (&self.addrs, &self.shared, &self.shutdown);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let next = poll_fn(|cx| {
+                if shutdown.poll_requested(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                incoming.poll_next_unpin(cx).map(|item| item.map(Some))
+            })
+            .await;
+            let stream = match next {
+                None | Some(None) => break,
+                Some(Some(Ok(stream))) => {
+                    backoff = FIRST_BACKOFF;
+                    stream
+                }
+                Some(Some(Err(e))) => {
+                    shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if is_transient(&e) {
+                        log::debug!("accept on {addrs:?}: {e}");
+                        continue;
+                    }
+                    log::warn!("accept on {addrs:?}: {e}; pausing {backoff:?}");
+                    let stop = poll_fn(|cx| shutdown.poll_requested(cx));
+                    if let Either::Left(_) = select(stop, Box::pin(rt::sleep(backoff))).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            accept_one(
+                stream,
+                &self.config,
+                shared,
+                shutdown,
+                &mut factory,
+                self.spawn,
+            );
+        }
     }
 }
 
@@ -283,6 +383,7 @@ fn accept_one<S, F>(
     shared: &Arc<ListenerShared>,
     shutdown: &ShutdownHandle,
     factory: &mut F,
+    spawn: fn(Pin<Box<dyn Future<Output = ()> + Send>>),
 ) where
     S: Session,
     F: FnMut() -> S,
@@ -314,11 +415,11 @@ fn accept_one<S, F>(
     shared.active.fetch_add(1, Ordering::AcqRel);
     if !config.proxy_protocol {
         let (_, engine) = start(stream, peer, local, config, shared, session);
-        rt::spawn_on_worker(engine);
+        spawn(Box::pin(engine));
         return;
     }
     let (config, shared, shutdown) = (config.clone(), Arc::clone(shared), shutdown.clone());
-    rt::spawn_on_worker(async move {
+    spawn(Box::pin(async move {
         let mut stream = stream;
         let header = rt::timeout(
             config.proxy_header_timeout,
@@ -345,7 +446,7 @@ fn accept_one<S, F>(
             }
         }
         engine.await;
-    });
+    }));
 }
 
 /// Registers a session; returns its id and the future that runs it and then

@@ -1,10 +1,8 @@
 //! The signal that tells a [`Listener`](crate::Listener) to stop.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-
-use futures::task::AtomicWaker;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 /// Tells a running [`Listener`](crate::Listener) to shut down: stop
 /// accepting, let every session write what it has queued (up to the drain
@@ -22,14 +20,19 @@ pub struct ShutdownHandle {
 #[derive(Debug, Default)]
 struct State {
     requested: AtomicBool,
-    waker: AtomicWaker,
+    /// The accept loops waiting for the request (one per worker with
+    /// `SO_REUSEPORT`).
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl ShutdownHandle {
     /// Asks for the shutdown; calling it again does nothing.
     pub fn shutdown(&self) {
         if !self.inner.requested.swap(true, Ordering::SeqCst) {
-            self.inner.waker.wake();
+            let wakers = std::mem::take(&mut *self.wakers());
+            for waker in wakers {
+                waker.wake();
+            }
         }
     }
 
@@ -38,9 +41,18 @@ impl ShutdownHandle {
         self.inner.requested.load(Ordering::SeqCst)
     }
 
-    /// Ready once a shutdown was asked for (one waiter: the accept loop).
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Waker>> {
+        self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ready once a shutdown was asked for (the accept loops wait on it).
     pub(crate) fn poll_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.inner.waker.register(cx.waker());
+        {
+            let mut wakers = self.wakers();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
         if self.is_shutdown() {
             Poll::Ready(())
         } else {

@@ -16,8 +16,10 @@
 //!
 //! The `workers-*` scenarios (issue 6) hold `server-app --workers 2` (the
 //! "server-app" column) against `server-app --workers 1` (the "reference"
-//! column) on the pipelined and fixed-rate loads, the server unpinned so
-//! that a second worker has a second CPU to run on (`-- --only workers`).
+//! column) on the pipelined and fixed-rate loads, and `reuseport-*` hold
+//! `--workers 2 --reuse-port` (a listening socket per worker) against
+//! `--workers 2` (one accept loop), the server unpinned so that a second
+//! worker has a second CPU to run on (`-- --only workers`, `-- --only reuseport`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -98,16 +100,16 @@ struct Scenario {
     /// Target on the ratio server-app / reference (`Some(limit)`), with
     /// whether the ratio must be at most (`true`) or at least the limit.
     target: Option<(f64, bool)>,
-    /// Measure `server-app --workers 2` against `--workers 1` (unpinned)
+    /// Measure two settings of `server-app` against each other (unpinned)
     /// instead of server-app against the reference.
-    workers: bool,
+    compare: Option<[Server; 2]>,
 }
 
 const IDLE_CONNECTIONS: usize = 5000;
 const FIXED_RATE: f64 = 1_000_000.0;
 const IDLE_TARGET_BYTES: f64 = 4500.0;
 
-const SCENARIOS: [Scenario; 9] = [
+const SCENARIOS: [Scenario; 11] = [
     Scenario {
         name: "ping-pong",
         framing: "raw",
@@ -117,7 +119,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::Latency,
         target: Some((1.05, true)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "pipelined",
@@ -128,7 +130,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::MsgsPerSec,
         target: Some((1.25, false)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "bulk",
@@ -139,7 +141,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::MbPerSec,
         target: Some((1.0, false)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "framed",
@@ -150,7 +152,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::MsgsPerSec,
         target: Some((1.0, false)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "fixed-rate-raw",
@@ -161,7 +163,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: FIXED_RATE,
         figure: Figure::ServerCpu,
         target: Some((0.80, true)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "fixed-rate-framed",
@@ -172,7 +174,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: FIXED_RATE,
         figure: Figure::ServerCpu,
         target: Some((0.90, true)),
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "idle",
@@ -183,7 +185,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::IdleRss,
         target: None,
-        workers: false,
+        compare: None,
     },
     Scenario {
         name: "workers-pipelined",
@@ -194,7 +196,7 @@ const SCENARIOS: [Scenario; 9] = [
         rate: 0.0,
         figure: Figure::MsgsPerSec,
         target: None,
-        workers: true,
+        compare: Some([Server::Workers(2, false), Server::Workers(1, false)]),
     },
     Scenario {
         name: "workers-fixed-rate",
@@ -205,7 +207,29 @@ const SCENARIOS: [Scenario; 9] = [
         rate: FIXED_RATE,
         figure: Figure::ServerCpu,
         target: None,
-        workers: true,
+        compare: Some([Server::Workers(2, false), Server::Workers(1, false)]),
+    },
+    Scenario {
+        name: "reuseport-pipelined",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 16,
+        rate: 0.0,
+        figure: Figure::MsgsPerSec,
+        target: None,
+        compare: Some([Server::Workers(2, true), Server::Workers(2, false)]),
+    },
+    Scenario {
+        name: "reuseport-fixed-rate",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 1,
+        rate: FIXED_RATE,
+        figure: Figure::ServerCpu,
+        target: None,
+        compare: Some([Server::Workers(2, true), Server::Workers(2, false)]),
     },
 ];
 
@@ -214,8 +238,20 @@ const SCENARIOS: [Scenario; 9] = [
 enum Server {
     App,
     Reference,
-    /// `server-app --workers N`, unpinned.
-    Workers(usize),
+    /// `server-app --workers N`, unpinned; with `--reuse-port` if true.
+    Workers(usize, bool),
+}
+
+impl Server {
+    /// The `server-app` flags that set this server apart.
+    fn flags(self) -> String {
+        match self {
+            Server::Workers(n, true) => format!("--workers {n} --reuse-port"),
+            Server::Workers(n, false) => format!("--workers {n}"),
+            Server::App => "server-app".into(),
+            Server::Reference => "reference".into(),
+        }
+    }
 }
 
 /// Where the binaries are and how processes are pinned.
@@ -334,11 +370,7 @@ fn run(opts: &Options) -> Result<(), String> {
         let mut reference = Vec::new();
         // The first server fills the "server-app" column, the second the
         // "reference" column.
-        let servers = if scenario.workers {
-            [Server::Workers(2), Server::Workers(1)]
-        } else {
-            [Server::App, Server::Reference]
-        };
+        let servers = scenario.compare.unwrap_or([Server::App, Server::Reference]);
         for run in 0..opts.runs {
             for (column, server) in servers.into_iter().enumerate() {
                 eprint!(
@@ -368,7 +400,7 @@ fn run(opts: &Options) -> Result<(), String> {
 #[derive(Debug)]
 struct Row {
     scenario: String,
-    /// Its columns are `--workers 2` and `--workers 1`.
+    /// Its columns are two settings of server-app (named in the row).
     workers: bool,
     app: f64,
     reference: f64,
@@ -409,10 +441,9 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
         } else {
             format!(", {}", s.framing)
         };
-        let workers = if s.workers {
-            ", --workers 2 vs 1, unpinned"
-        } else {
-            ""
+        let workers = match s.compare {
+            Some([a, b]) => format!(", {} vs {}, unpinned", a.flags(), b.flags()),
+            None => String::new(),
         };
         format!(
             "{} ({} conn{}, {} B{}{}{workers}): {figure}",
@@ -437,7 +468,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
             let (target, pass) = ratio_target(p99a, p99r);
             vec![
                 Row {
-                    workers: s.workers,
+                    workers: s.compare.is_some(),
                     scenario: label("p50 round trip, us"),
                     app: p50a,
                     reference: p50r,
@@ -446,7 +477,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                     pass: None,
                 },
                 Row {
-                    workers: s.workers,
+                    workers: s.compare.is_some(),
                     scenario: label("p99 round trip, us"),
                     app: p99a,
                     reference: p99r,
@@ -470,7 +501,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                 format!("{what} (reference: raw)")
             };
             vec![Row {
-                workers: s.workers,
+                workers: s.compare.is_some(),
                 scenario: label(&what),
                 app: a,
                 reference: r,
@@ -498,7 +529,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
                 " (reference: raw)"
             };
             vec![Row {
-                workers: s.workers,
+                workers: s.compare.is_some(),
                 scenario: label(&format!("server CPU %{reference_note} at {sustained}")),
                 app: a,
                 reference: r,
@@ -510,7 +541,7 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
         Figure::IdleRss => {
             let (a, r) = (pick(app, 0), pick(reference, 0));
             vec![Row {
-                workers: s.workers,
+                workers: s.compare.is_some(),
                 scenario: label("server RSS bytes per connection"),
                 app: a,
                 reference: r,
@@ -549,8 +580,8 @@ fn print_table(rows: &[Row], env: &Env) {
     if rows.iter().any(|r| r.workers) {
         println!();
         println!(
-            "workers-* rows: the server-app column is `server-app --workers 2`, the reference \
-             column `server-app --workers 1`, the server unpinned{}.",
+            "workers-* and reuseport-* rows: the columns are the two server-app settings the \
+             row names, the server unpinned{}.",
             if env.pin { ", the load on CPU 1" } else { "" }
         );
     }
@@ -601,7 +632,7 @@ struct Running {
 
 fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Running, String> {
     let (program, args): (&str, Vec<String>) = match server {
-        Server::App | Server::Workers(_) => (
+        Server::App | Server::Workers(..) => (
             "server-app",
             [
                 "--quiet",
@@ -625,9 +656,12 @@ fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Runnin
         ),
     };
     let (args, cpu) = match server {
-        Server::Workers(n) => {
+        Server::Workers(n, reuse_port) => {
             let mut args = args;
             args.extend(["--workers".to_string(), n.to_string()]);
+            if reuse_port {
+                args.push("--reuse-port".to_string());
+            }
             (args, None)
         }
         _ => (args, Some(0)),

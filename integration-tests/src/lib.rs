@@ -360,7 +360,7 @@ pub fn start_server_on<S, F>(
 ) -> io::Result<Server>
 where
     S: Session,
-    F: FnMut() -> S + Send + 'static,
+    F: FnMut() -> S + Clone + Send + 'static,
 {
     let listener = task::block_on(Listener::bind(&IpInformation::from(addr), config))?;
     let addr = listener.local_addr();
@@ -379,7 +379,7 @@ where
 pub fn start_server<S, F>(config: SessionConfig, factory: F) -> Server
 where
     S: Session,
-    F: FnMut() -> S + Send + 'static,
+    F: FnMut() -> S + Clone + Send + 'static,
 {
     start_server_on("127.0.0.1:0".parse().unwrap(), config, factory)
         .expect("bind a listener on 127.0.0.1:0")

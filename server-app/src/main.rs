@@ -62,6 +62,11 @@ struct Opt {
     /// could claim any address.
     #[structopt(long)]
     proxy_protocol: bool,
+    /// Give every worker a listening socket of its own (SO_REUSEPORT): each
+    /// accepts its own connections, spread by the kernel. Default: one
+    /// accept loop hands connections to the workers in turn.
+    #[structopt(long)]
+    reuse_port: bool,
 }
 
 /// More worker threads than this is a typo, not a deployment.
@@ -112,6 +117,7 @@ async fn serve(opt: Opt) -> Result<()> {
         idle_timeout: opt.idle_timeout,
         max_connections: opt.max_connections,
         proxy_protocol: opt.proxy_protocol,
+        reuse_port: opt.reuse_port,
         ..SessionConfig::default()
     };
     let listener = Listener::bind(&ip, config).await?;
@@ -122,7 +128,12 @@ async fn serve(opt: Opt) -> Result<()> {
         .collect();
     say!("Listening on {}", addrs.join(", "));
     say!(
-        "Workers: {workers}{}",
+        "Workers: {workers}{}{}",
+        if opt.reuse_port {
+            ", each accepting (SO_REUSEPORT)"
+        } else {
+            ""
+        },
         if opt.proxy_protocol {
             ", PROXY protocol expected"
         } else {

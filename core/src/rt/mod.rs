@@ -18,7 +18,10 @@ use futures::stream::{self, Stream};
 mod poller;
 mod worker;
 
-pub(crate) use worker::{TcpStream, set_worker_threads, spawn_on_worker};
+pub(crate) use worker::{
+    TcpListener as WorkerListener, TcpStream, set_worker_threads, spawn_here, spawn_on_index,
+    spawn_on_worker, worker_count,
+};
 
 /// A listening socket on async-io's reactor: accepting is not the hot path.
 pub(crate) type TcpListener = Async<std::net::TcpListener>;
@@ -53,9 +56,44 @@ pub(crate) async fn timeout<F: Future>(duration: Duration, future: F) -> Option<
     async_std::future::timeout(duration, future).await.ok()
 }
 
-/// Binds a TCP listener to `addr`.
-pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    Async::<std::net::TcpListener>::bind(addr)
+/// Binds a TCP listener to `addr`, with `SO_REUSEPORT` if `reuse_port`.
+pub(crate) async fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    if reuse_port {
+        Async::new(bind_reuse_port(addr)?)
+    } else {
+        Async::<std::net::TcpListener>::bind(addr)
+    }
+}
+
+/// A listening socket with `SO_REUSEPORT` (and `SO_REUSEADDR`) on `addr`:
+/// several may share one port, and the kernel spreads connections.
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+pub(crate) fn bind_reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `SO_REUSEPORT` is not available here.
+#[cfg(not(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+)))]
+pub(crate) fn bind_reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("bind {addr}: SO_REUSEPORT is not available on this system"),
+    ))
 }
 
 /// The connections `listener` accepts, as a stream; each socket goes to a

@@ -6,6 +6,12 @@
 //! on this project's machines is a sixth of an echo's whole cost. Other
 //! systems use `polling` (kqueue, IOCP, ...) in its edge-triggered mode.
 
+/// What a poller can watch: a socket of the platform.
+#[cfg(unix)]
+pub(crate) use std::os::fd::AsFd as AsSource;
+#[cfg(windows)]
+pub(crate) use std::os::windows::io::AsSocket as AsSource;
+
 /// What one ready socket can do now.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readiness {
@@ -23,14 +29,13 @@ pub(crate) use portable::{Events, Poller};
 #[cfg(target_os = "linux")]
 mod linux {
     use std::io;
-    use std::net::TcpStream;
     use std::os::fd::OwnedFd;
 
     use rustix::buffer::spare_capacity;
     use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
     use rustix::event::{EventfdFlags, Timespec, eventfd};
 
-    use super::Readiness;
+    use super::{AsSource, Readiness};
 
     /// The key of the eventfd that wakes a blocked wait.
     const NOTIFY: u64 = u64::MAX;
@@ -70,7 +75,7 @@ mod linux {
         }
 
         /// Watches `socket` for reading and writing, edge-triggered, under `key`.
-        pub(crate) fn add(&self, socket: &TcpStream, key: usize) -> io::Result<()> {
+        pub(crate) fn add(&self, socket: &impl AsSource, key: usize) -> io::Result<()> {
             let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
             Ok(epoll::add(
                 &self.epoll,
@@ -80,7 +85,7 @@ mod linux {
             )?)
         }
 
-        pub(crate) fn delete(&self, socket: &TcpStream) -> io::Result<()> {
+        pub(crate) fn delete(&self, socket: &impl AsSource) -> io::Result<()> {
             Ok(epoll::delete(&self.epoll, socket)?)
         }
 
@@ -116,12 +121,23 @@ mod linux {
 #[allow(dead_code, unsafe_code)]
 mod portable {
     use std::io;
-    use std::net::TcpStream;
     use std::time::Duration;
 
-    use super::Readiness;
+    use super::{AsSource, Readiness};
 
     pub(crate) struct Poller(polling::Poller);
+
+    /// The socket as the borrowed handle `polling` takes.
+    #[cfg(unix)]
+    fn borrowed(socket: &impl AsSource) -> std::os::fd::BorrowedFd<'_> {
+        socket.as_fd()
+    }
+
+    /// The socket as the borrowed handle `polling` takes.
+    #[cfg(windows)]
+    fn borrowed(socket: &impl AsSource) -> std::os::windows::io::BorrowedSocket<'_> {
+        socket.as_socket()
+    }
 
     pub(crate) struct Events(polling::Events);
 
@@ -144,16 +160,19 @@ mod portable {
             polling::Poller::new().map(Poller)
         }
 
-        pub(crate) fn add(&self, socket: &TcpStream, key: usize) -> io::Result<()> {
+        pub(crate) fn add(&self, socket: &impl AsSource, key: usize) -> io::Result<()> {
             // SAFETY: the worker deletes the socket from this poller before
             // the socket is closed (`TcpStream::drop`).
             unsafe {
-                self.0
-                    .add_with_mode(socket, polling::Event::all(key), polling::PollMode::Edge)
+                self.0.add_with_mode(
+                    &borrowed(socket),
+                    polling::Event::all(key),
+                    polling::PollMode::Edge,
+                )
             }
         }
 
-        pub(crate) fn delete(&self, socket: &TcpStream) -> io::Result<()> {
+        pub(crate) fn delete(&self, socket: &impl AsSource) -> io::Result<()> {
             self.0.delete(socket)
         }
 

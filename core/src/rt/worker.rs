@@ -17,14 +17,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpStream as StdTcpStream};
+use std::net::{Shutdown, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
-use super::poller::{Events, Poller};
+use super::poller::{AsSource, Events, Poller};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 
@@ -88,7 +88,36 @@ impl Pool {
 
 /// Runs `future` on one of the workers, chosen in turn.
 pub(crate) fn spawn_on_worker(future: impl Future<Output = ()> + Send + 'static) {
-    let worker = Arc::clone(pool().pick());
+    spawn_on(Arc::clone(pool().pick()), future);
+}
+
+/// Runs `future` on the worker of this thread, or on one chosen in turn
+/// when this is not a worker's thread: a session accepted by a worker's
+/// own accept loop stays there.
+pub(crate) fn spawn_here(future: impl Future<Output = ()> + Send + 'static) {
+    let pool = pool();
+    let worker = match CURRENT.get() {
+        Some(id) => Arc::clone(&pool.workers[id]),
+        None => Arc::clone(pool.pick()),
+    };
+    spawn_on(worker, future);
+}
+
+/// Runs `future` on worker number `index` (modulo their number).
+pub(crate) fn spawn_on_index(index: usize, future: impl Future<Output = ()> + Send + 'static) {
+    let pool = pool();
+    spawn_on(
+        Arc::clone(&pool.workers[index % pool.workers.len()]),
+        future,
+    );
+}
+
+/// How many workers run sessions (starting them if they were not yet).
+pub(crate) fn worker_count() -> usize {
+    pool().workers.len()
+}
+
+fn spawn_on(worker: Arc<Worker>, future: impl Future<Output = ()> + Send + 'static) {
     let task = Arc::new(Task {
         future: Mutex::new(Some(Box::pin(future))),
         scheduled: AtomicBool::new(false),
@@ -277,7 +306,14 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(socket: &StdTcpStream) -> io::Result<Registration> {
+    /// Takes `socket` out of the poller; called before the socket closes.
+    fn leave(self, socket: &impl AsSource) {
+        // An error means the socket has left the poller already.
+        let _ = self.worker.poller.delete(socket);
+        lock(&self.worker.sources).remove(self.key);
+    }
+
+    fn new(socket: &impl AsSource) -> io::Result<Registration> {
         let pool = pool();
         let worker = match CURRENT.get() {
             Some(id) => Arc::clone(&pool.workers[id]),
@@ -403,9 +439,7 @@ impl TcpStream {
 impl Drop for TcpStream {
     fn drop(&mut self) {
         if let Some(registration) = self.registration.take() {
-            // An error means the socket has left the poller already.
-            let _ = registration.worker.poller.delete(&self.socket);
-            lock(&registration.worker.sources).remove(registration.key);
+            registration.leave(&self.socket);
         }
     }
 }
@@ -441,6 +475,52 @@ fn poll_io<T>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => *blocked_at = current,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// A listening socket driven by the worker whose accept loop uses it (with
+/// `SO_REUSEPORT`, one per worker).
+#[derive(Debug)]
+pub(crate) struct TcpListener {
+    registration: Option<Registration>,
+    accept_blocked: u64,
+    // Declared last: dropped after the registration has left the poller.
+    socket: StdTcpListener,
+}
+
+impl TcpListener {
+    pub(crate) fn new(socket: StdTcpListener) -> io::Result<TcpListener> {
+        socket.set_nonblocking(true)?;
+        Ok(TcpListener {
+            registration: None,
+            accept_blocked: u64::MAX,
+            socket,
+        })
+    }
+
+    /// Accepts one connection once one waits.
+    pub(crate) fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
+        if self.registration.is_none() {
+            self.registration = Some(Registration::new(&self.socket)?);
+        }
+        let source = &self.registration.as_ref().expect("registered above").source;
+        let socket = &self.socket;
+        let accepted = poll_io(
+            cx,
+            &source.read_gen,
+            &source.read_waker,
+            &mut self.accept_blocked,
+            || socket.accept(),
+        );
+        accepted.map(|result| result.and_then(|(stream, _)| TcpStream::new(stream)))
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            registration.leave(&self.socket);
         }
     }
 }
