@@ -442,7 +442,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let shared = &self.handle.shared;
         let state = shared.state.load(Ordering::Acquire);
         (matches!(self.phase, Phase::Open) && state != OPEN && state != CLOSE_ENGINE)
-            || shared.outbox_len.load(Ordering::Acquire) != 0
+            || shared.outbox_len.load(Ordering::SeqCst) != 0
     }
 
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {

@@ -540,7 +540,10 @@ impl SessionHandle {
                 return Err(SendError::Closed);
             }
             outbox.push_back(frame);
-            shared.outbox_len.store(outbox.len(), Ordering::Release);
+            // SeqCst, paired with the engine's store of `polling` and load of
+            // `outbox_len`: one of the two sides sees the other, so no wake-up
+            // is lost between the engine's last look and its sleep.
+            shared.outbox_len.store(outbox.len(), Ordering::SeqCst);
             outbox.len() == 1
         };
         if was_empty {
