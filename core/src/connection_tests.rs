@@ -107,6 +107,13 @@ fn split(bytes: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
     chunks
 }
 
+/// Runs `session` to its end over a stream that delivers `chunks`, one per
+/// read; returns why it ended.
+fn run_over(config: SessionConfig, chunks: Vec<Vec<u8>>, session: Recorder) -> DisconnectReason {
+    let (_, task) = run_session(Chunked::new(chunks), addr(), addr(), &config, session);
+    async_std::task::block_on(task)
+}
+
 fn decode_through_engine(
     framing: Framing,
     chunks: Vec<Vec<u8>>,
@@ -122,8 +129,7 @@ fn decode_through_engine(
         log: log.clone(),
         ..Recorder::default()
     };
-    let (_, task) = run_session(Chunked::new(chunks), addr(), addr(), &config, session);
-    let reason = async_std::task::block_on(task);
+    let reason = run_over(config, chunks, session);
     assert!(matches!(reason, DisconnectReason::PeerClosed), "{reason:?}");
     let events = log.lock().unwrap().clone();
     (received(&log), events)
@@ -169,30 +175,21 @@ fn raw_framing_delivers_each_read_as_one_message() {
 
 #[test]
 fn bad_and_oversized_frames_close_the_session_with_their_reason() {
-    let (_, events) = {
-        let log = Log::default();
-        let session = Recorder {
-            log: log.clone(),
-            ..Recorder::default()
-        };
-        let config = SessionConfig {
-            framing: Framing::LengthPrefixed,
-            ..SessionConfig::default()
-        };
-        let (_, task) = run_session(
-            Chunked::new(vec![b"\x03\x00a\x01\x00zz".to_vec()]),
-            addr(),
-            addr(),
-            &config,
-            session,
-        );
-        let reason = async_std::task::block_on(task);
-        assert!(
-            matches!(reason, DisconnectReason::BadFrame(_)),
-            "{reason:?}"
-        );
-        (received(&log), log.lock().unwrap().clone())
+    let log = Log::default();
+    let session = Recorder {
+        log: log.clone(),
+        ..Recorder::default()
     };
+    let config = SessionConfig {
+        framing: Framing::LengthPrefixed,
+        ..SessionConfig::default()
+    };
+    let reason = run_over(config, vec![b"\x03\x00a\x01\x00zz".to_vec()], session);
+    assert!(
+        matches!(reason, DisconnectReason::BadFrame(_)),
+        "{reason:?}"
+    );
+    let events = log.lock().unwrap().clone();
     assert_eq!(
         events[1],
         Event::Received(b"a".to_vec()),
@@ -200,20 +197,12 @@ fn bad_and_oversized_frames_close_the_session_with_their_reason() {
     );
     assert_eq!(events.len(), 3);
 
-    let session = Recorder::default();
     let config = SessionConfig {
         framing: Framing::Lines,
         max_frame_len: 8,
         ..SessionConfig::default()
     };
-    let (_, task) = run_session(
-        Chunked::new(vec![vec![b'x'; 100]]),
-        addr(),
-        addr(),
-        &config,
-        session,
-    );
-    let reason = async_std::task::block_on(task);
+    let reason = run_over(config, vec![vec![b'x'; 100]], Recorder::default());
     assert!(
         matches!(reason, DisconnectReason::FrameTooLarge { max: 8, .. }),
         "{reason:?}"
@@ -382,14 +371,7 @@ fn a_panicking_callback_closes_its_session_once_with_the_panic_message() {
         framing: Framing::Lines,
         ..SessionConfig::default()
     };
-    let (_, task) = run_session(
-        Chunked::new(vec![b"a\nboom\nb\n".to_vec()]),
-        addr(),
-        addr(),
-        &config,
-        session,
-    );
-    let reason = async_std::task::block_on(task);
+    let reason = run_over(config, vec![b"a\nboom\nb\n".to_vec()], session);
     match reason {
         DisconnectReason::Panicked(message) => assert!(message.contains("boom"), "{message}"),
         other => panic!("expected Panicked, got {other:?}"),
