@@ -133,8 +133,11 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     /// Chunks of whole frames taken from the outbox and the stage, in
     /// order; the first may be partly written.
     inflight: VecDeque<Bytes>,
-    /// The length of every frame in `inflight`, in order.
+    /// The length of every frame in `inflight`, in order, if `on_sent` is
+    /// wanted.
     frame_lens: VecDeque<u32>,
+    /// The session wants `on_sent`.
+    report: bool,
     /// Bytes of `inflight[0]` already written.
     written: usize,
     /// Bytes of `inflight[0]` already reported to `on_sent`.
@@ -156,6 +159,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Unpin for Engine<S, T> {}
 
 impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     fn new(io: T, handle: SessionHandle, config: &SessionConfig, session: S) -> Self {
+        let report = session.wants_on_sent();
         Engine {
             io,
             session,
@@ -172,6 +176,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             pending: Vec::new(),
             inflight: VecDeque::new(),
             frame_lens: VecDeque::new(),
+            report,
             written: 0,
             reported: 0,
             reading: true,
@@ -183,21 +188,26 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
-    /// Runs one callback; a panic in it poisons the session and starts its close.
-    fn guarded(&mut self, f: impl FnOnce(&mut S, &SessionHandle)) {
+    /// Runs one callback, or a loop of them; a panic poisons the session and
+    /// starts its close.
+    fn guarded<R: Default>(&mut self, f: impl FnOnce(&mut S, &SessionHandle) -> R) -> R {
         if self.poisoned {
-            return;
+            return R::default();
         }
         let (session, handle) = (&mut self.session, &self.handle);
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(session, handle))) {
-            self.poisoned = true;
-            let message = panic_message(payload.as_ref());
-            log::error!(
-                "session {} ({}): callback panicked: {message}",
-                self.handle.id(),
-                self.handle.peer_addr()
-            );
-            self.begin_close(DisconnectReason::Panicked(message), true);
+        match catch_unwind(AssertUnwindSafe(|| f(session, handle))) {
+            Ok(result) => result,
+            Err(payload) => {
+                self.poisoned = true;
+                let message = panic_message(payload.as_ref());
+                log::error!(
+                    "session {} ({}): callback panicked: {message}",
+                    self.handle.id(),
+                    self.handle.peer_addr()
+                );
+                self.begin_close(DisconnectReason::Panicked(message), true);
+                R::default()
+            }
         }
     }
 
@@ -242,7 +252,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// waits in the outbox, behind the frames already in flight.
     fn take_queued(&mut self) {
         let shared = &self.handle.shared;
-        let (inflight, frame_lens) = (&mut self.inflight, &mut self.frame_lens);
+        let (inflight, frame_lens, report) =
+            (&mut self.inflight, &mut self.frame_lens, self.report);
         crate::session::stage_take(shared.id, |chunk, lens, bytes| {
             shared.queued.fetch_add(bytes, Ordering::AcqRel);
             inflight.push_back(chunk);
@@ -253,7 +264,9 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
         let mut outbox = shared.lock_outbox();
         for frame in outbox.drain(..) {
-            frame_lens.push_back(frame.len() as u32);
+            if report {
+                frame_lens.push_back(frame.len() as u32);
+            }
             inflight.push_back(frame);
         }
         shared.outbox_len.store(0, Ordering::Release);
@@ -306,8 +319,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                     .expect("written bytes belong to a queued chunk");
                 let from = std::mem::take(&mut self.reported);
                 self.written = 0;
-                self.report_sent(&chunk, from, chunk_len);
-            } else {
+                if self.report {
+                    self.report_sent(&chunk, from, chunk_len);
+                }
+            } else if self.report {
                 let chunk = self.inflight[0].clone();
                 let upto = self.written;
                 self.reported = self.report_sent(&chunk, self.reported, upto);
@@ -317,19 +332,26 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Calls `on_sent` for each whole frame of `chunk` in `from..upto`;
     /// returns where the last one ended.
-    fn report_sent(&mut self, chunk: &[u8], mut from: usize, upto: usize) -> usize {
-        while let Some(&len) = self.frame_lens.front() {
-            let end = from + len as usize;
-            if end > upto {
-                break;
+    fn report_sent(&mut self, chunk: &[u8], from: usize, upto: usize) -> usize {
+        let mut frame_lens = std::mem::take(&mut self.frame_lens);
+        let framing = self.framing;
+        let mut at = from;
+        // One guard for the whole loop: after a panic nothing more is
+        // reported, and the session is closing.
+        self.guarded(|session, handle| {
+            while let Some(&len) = frame_lens.front() {
+                let end = at + len as usize;
+                if end > upto {
+                    break;
+                }
+                frame_lens.pop_front();
+                let frame = &chunk[at..end];
+                at = end;
+                session.on_sent(handle, &frame[framing.payload_of(frame.len())]);
             }
-            self.frame_lens.pop_front();
-            let frame = &chunk[from..end];
-            from = end;
-            let payload = &frame[self.framing.payload_of(frame.len())];
-            self.guarded(|session, handle| session.on_sent(handle, payload));
-        }
-        from
+        });
+        self.frame_lens = frame_lens;
+        at
     }
 
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
@@ -370,27 +392,37 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Delivers the messages at the start of `buf`; returns the bytes used.
     fn deliver_from(&mut self, buf: &[u8]) -> usize {
+        if !matches!(self.phase, Phase::Open) {
+            return 0;
+        }
+        let (framing, max) = (self.framing, self.max_frame_len);
         let mut used = 0;
-        while matches!(self.phase, Phase::Open) && !self.poisoned {
-            match self.framing.decode(&buf[used..], self.max_frame_len) {
-                Ok(Some(frame)) => {
-                    let message = &buf[used + frame.payload.start..used + frame.payload.end];
-                    used += frame.consumed;
-                    self.guarded(|session, handle| session.on_received(handle, message));
-                    self.check_close_request();
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let reason = match e {
-                        FrameError::TooLarge { len, max } => {
-                            DisconnectReason::FrameTooLarge { len, max }
+        // One guard for the whole loop, which stops at a frame error or once
+        // a close is asked for (the phase is only read between callbacks).
+        let error = self.guarded(|session, handle| {
+            let state = &handle.shared.state;
+            loop {
+                match framing.decode(&buf[used..], max) {
+                    Ok(Some(frame)) => {
+                        let message = &buf[used + frame.payload.start..used + frame.payload.end];
+                        used += frame.consumed;
+                        session.on_received(handle, message);
+                        if state.load(Ordering::Acquire) != OPEN {
+                            return None;
                         }
-                        other => DisconnectReason::BadFrame(other),
-                    };
-                    self.begin_close(reason, true);
-                    break;
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some(e),
                 }
             }
+        });
+        self.check_close_request();
+        if let Some(e) = error {
+            let reason = match e {
+                FrameError::TooLarge { len, max } => DisconnectReason::FrameTooLarge { len, max },
+                other => DisconnectReason::BadFrame(other),
+            };
+            self.begin_close(reason, true);
         }
         used
     }
@@ -443,6 +475,14 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let state = shared.state.load(Ordering::Acquire);
         (matches!(self.phase, Phase::Open) && state != OPEN && state != CLOSE_ENGINE)
             || shared.outbox_len.load(Ordering::SeqCst) != 0
+    }
+
+    /// Notes activity, for the idle timeout (the clock is only read if
+    /// there is one).
+    fn touch(&mut self) {
+        if self.idle_timeout.is_some() {
+            self.last_activity = Instant::now();
+        }
     }
 
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
@@ -543,7 +583,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 }
             };
             if progress {
-                self.last_activity = Instant::now();
+                self.touch();
             }
 
             if let Phase::Draining(_, deadline, timer) = &mut self.phase {
@@ -588,7 +628,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                         Poll::Ready(Ok(true)) => {
                             reads += 1;
                             progress = true;
-                            self.last_activity = Instant::now();
+                            self.touch();
                         }
                         Poll::Ready(Ok(false)) => {
                             self.begin_close(DisconnectReason::PeerClosed, true)
@@ -630,7 +670,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Future for Engine<S, T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
         let engine = self.get_mut();
         let id = engine.handle.id();
-        let staging = crate::session::stage_begin(id);
+        let staging = crate::session::stage_begin(id, engine.report);
         let result = engine.poll_engine(cx);
         if staging {
             if result.is_pending() {

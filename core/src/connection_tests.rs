@@ -32,6 +32,8 @@ struct Recorder {
     log: Log,
     echo: bool,
     panic_on: Option<Vec<u8>>,
+    /// Answer `wants_on_sent` with no.
+    no_sent_reports: bool,
 }
 
 impl Session for Recorder {
@@ -52,6 +54,9 @@ impl Session for Recorder {
     }
     fn on_sent(&mut self, _: &SessionHandle, message: &[u8]) {
         self.log.lock().unwrap().push(Event::Sent(message.to_vec()));
+    }
+    fn wants_on_sent(&self) -> bool {
+        !self.no_sent_reports
     }
     fn on_disconnected(&mut self, _: &SessionHandle, reason: &DisconnectReason) {
         self.log
@@ -278,6 +283,55 @@ fn on_sent_reports_each_payload_in_order_and_disconnect_flushes_first() {
         })
         .collect();
     assert_eq!(sent, messages);
+}
+
+#[test]
+fn a_session_that_wants_no_sent_reports_gets_none_and_loses_nothing() {
+    let (server, mut client) = duplex(64);
+    let log = Log::default();
+    let session = Recorder {
+        log: log.clone(),
+        echo: true,
+        no_sent_reports: true,
+        ..Recorder::default()
+    };
+    let config = SessionConfig {
+        framing: Framing::LengthPrefixed,
+        ..SessionConfig::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &config, session);
+    let task = async_std::task::spawn(task);
+    let requests: Vec<Vec<u8>> = (0..300).map(|i| format!("req {i}").into_bytes()).collect();
+    async_std::task::block_on(async {
+        // Echoed replies (staged by the callback), then messages sent from
+        // outside the engine (through the outbox).
+        client
+            .write_all(&encode_all(Framing::LengthPrefixed, &requests))
+            .await
+            .unwrap();
+        let mut echoed = vec![0; encode_all(Framing::LengthPrefixed, &requests).len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, encode_all(Framing::LengthPrefixed, &requests));
+        let pushed: Vec<Vec<u8>> = (0..100).map(|i| format!("push {i}").into_bytes()).collect();
+        for m in &pushed {
+            handle.send(m).unwrap();
+        }
+        handle.disconnect();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, encode_all(Framing::LengthPrefixed, &pushed));
+        assert!(matches!(task.await, DisconnectReason::LocalClose));
+    });
+    let events = log.lock().unwrap().clone();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Sent(_))),
+        "on_sent was called: {events:?}"
+    );
+    let received = events
+        .iter()
+        .filter(|e| matches!(e, Event::Received(_)))
+        .count();
+    assert_eq!(received, requests.len());
 }
 
 #[test]

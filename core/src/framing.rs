@@ -8,7 +8,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// The rule that cuts a byte stream into messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +52,7 @@ impl Framing {
     /// // The rest is a header without its payload: not a message yet.
     /// assert!(Framing::LengthPrefixed.decode(&buf[7..], 1024).unwrap().is_none());
     /// ```
+    #[inline]
     pub fn decode(self, buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>, FrameError> {
         match self {
             Framing::Raw => {
@@ -158,35 +159,53 @@ impl Framing {
         max_frame_len: usize,
         out: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = self.check_parts(parts, max_frame_len)?;
+        out.reserve(len + self.overhead());
+        self.write_parts(parts, len, out);
+        Ok(())
+    }
+
+    /// Checks that `parts` (of `payload_len(parts)` bytes) can be framed;
+    /// returns the payload length.
+    #[inline]
+    pub(crate) fn check_parts(
+        self,
+        parts: &[&[u8]],
+        max_frame_len: usize,
+    ) -> Result<usize, FrameError> {
+        let len = crate::session::payload_len(parts);
         if len > max_frame_len {
             return Err(FrameError::TooLarge {
                 len,
                 max: max_frame_len,
             });
         }
-        match self {
-            Framing::Raw => out.reserve(len),
-            Framing::Lines => {
-                if parts.iter().any(|p| p.contains(&b'\n')) {
-                    return Err(FrameError::NewlineInLine);
-                }
-                out.reserve(len + 1);
-            }
-            Framing::LengthPrefixed => {
-                let size = u16::try_from(len + 2)
-                    .map_err(|_| FrameError::TooLarge { len, max: 65_533 })?;
-                out.reserve(len + 2);
-                out.put_u16_le(size);
-            }
+        // The 2-byte size counts itself, so 65,533 payload bytes at most.
+        if self == Framing::LengthPrefixed && len > 65_533 {
+            return Err(FrameError::TooLarge { len, max: 65_533 });
+        }
+        if self == Framing::Lines && parts.iter().any(|p| p.contains(&b'\n')) {
+            return Err(FrameError::NewlineInLine);
+        }
+        Ok(len)
+    }
+
+    /// Appends `parts`, checked by [`check_parts`](Self::check_parts) to be
+    /// `len` bytes that can be framed, as one frame.
+    #[inline]
+    pub(crate) fn write_parts(self, parts: &[&[u8]], len: usize, out: &mut BytesMut) {
+        if self == Framing::LengthPrefixed {
+            // In range: `check_parts` allowed at most 65,533 bytes.
+            out.extend_from_slice(&((len + 2) as u16).to_le_bytes());
         }
         for part in parts {
-            out.extend_from_slice(part);
+            if !part.is_empty() {
+                out.extend_from_slice(part);
+            }
         }
         if self == Framing::Lines {
-            out.put_u8(b'\n');
+            out.extend_from_slice(b"\n");
         }
-        Ok(())
     }
 
     /// Where the payload sits inside one encoded frame of `frame_len` bytes.

@@ -1,7 +1,7 @@
 //! The [`Session`] trait a user implements, and the [`SessionHandle`] through
 //! which the user's code talks back to its connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -57,9 +57,18 @@ pub trait Session: Send + 'static {
     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]);
 
     /// One message given to [`SessionHandle::send`] was written whole to the
-    /// socket (the payload, without framing).
+    /// socket (the payload, without framing). Not called if
+    /// [`wants_on_sent`](Self::wants_on_sent) says no.
     fn on_sent(&mut self, handle: &SessionHandle, message: &[u8]) {
         let _ = (handle, message);
+    }
+
+    /// Whether to call [`on_sent`](Self::on_sent) at all; asked once, when
+    /// the engine starts. A session that answers `false` spares the engine
+    /// from keeping every message's length until it is written, which is a
+    /// good part of the cost of a small message.
+    fn wants_on_sent(&self) -> bool {
+        true
     }
 
     /// The connection is closed. Called exactly once, last.
@@ -214,74 +223,106 @@ thread_local! {
 struct Stage {
     /// The session whose engine is running on this thread.
     owner: Option<SessionId>,
+    /// Whether the owner keeps each message's length (for `on_sent`).
+    track_lens: bool,
     buf: BytesMut,
     lens: Vec<u32>,
     bytes: usize,
 }
 
 thread_local! {
-    static STAGE: RefCell<Stage> = RefCell::new(Stage::default());
+    /// This thread's stage. Only reached through [`with_stage`] and
+    /// [`ACTIVE`], and never borrowed while user code runs.
+    static STAGE: UnsafeCell<Stage> = UnsafeCell::new(Stage::default());
+    /// `STAGE` while an engine holds it (from `stage_begin` to `stage_end`),
+    /// else null: a send checks it with one load, without the lazy
+    /// initialisation check every access to `STAGE` itself makes.
+    static ACTIVE: Cell<*mut Stage> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Runs `f` on this thread's stage.
+#[allow(unsafe_code)]
+fn with_stage<R>(f: impl FnOnce(&mut Stage) -> R) -> R {
+    // SAFETY: the stage is only touched by this thread, and every reference
+    // to it (here and in `try_stage`) ends before any user code runs, so no
+    // two are ever live at once.
+    STAGE.with(|stage| f(unsafe { &mut *stage.get() }))
 }
 
 /// Queues a message sent from `handle`'s own callback, while its engine
 /// runs on this thread: staged if nothing waits in the outbox (else through
 /// the outbox, to keep the order). `None`: not the engine's own callback.
+#[inline]
+#[allow(unsafe_code)]
 fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendError>> {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return None;
+    }
+    // SAFETY: `ACTIVE` points at this thread's stage while an engine holds
+    // it; this reference ends before the function returns and no user code
+    // runs meanwhile (see `with_stage`).
+    let stage = unsafe { &mut *active };
     let shared = &*handle.shared;
-    STAGE.with(|stage| {
-        let mut stage = stage.try_borrow_mut().ok()?;
-        if stage.owner != Some(shared.id) {
-            return None;
-        }
-        if shared.outbox_len.load(Ordering::Acquire) != 0 {
-            drop(stage);
-            return Some(handle.send_via_outbox(parts));
-        }
-        if shared.finished.load(Ordering::Acquire) {
-            return Some(Err(SendError::Closed));
-        }
-        let len = parts.iter().map(|p| p.len()).sum::<usize>() + shared.framing.overhead();
-        if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
-            return Some(Err(handle.close_slow()));
-        }
-        if stage.buf.capacity() - stage.buf.len() < len {
-            stage.buf.reserve(len.max(CHUNK));
-        }
-        Some(
-            match shared
-                .framing
-                .encode_parts(parts, shared.max_frame_len, &mut stage.buf)
-            {
-                Ok(()) => {
-                    stage.lens.push(len as u32);
-                    stage.bytes += len;
-                    Ok(())
-                }
-                Err(e) => Err(SendError::Frame(e)),
-            },
-        )
-    })
+    if stage.owner != Some(shared.id) {
+        return None;
+    }
+    if shared.outbox_len.load(Ordering::Acquire) != 0 {
+        return Some(handle.send_via_outbox(parts));
+    }
+    if shared.finished.load(Ordering::Acquire) {
+        return Some(Err(SendError::Closed));
+    }
+    let framing = shared.framing;
+    let payload = match framing.check_parts(parts, shared.max_frame_len) {
+        Ok(payload) => payload,
+        Err(e) => return Some(Err(SendError::Frame(e))),
+    };
+    let len = payload + framing.overhead();
+    if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
+        return Some(Err(handle.close_slow()));
+    }
+    if stage.buf.capacity() - stage.buf.len() < len {
+        stage.buf.reserve(len.max(CHUNK));
+    }
+    framing.write_parts(parts, payload, &mut stage.buf);
+    if stage.track_lens {
+        stage.lens.push(len as u32);
+    }
+    stage.bytes += len;
+    Some(Ok(()))
 }
 
-/// Makes `id` the session whose own sends are staged on this thread; false
-/// if another session's engine holds the stage (a nested poll).
-pub(crate) fn stage_begin(id: SessionId) -> bool {
-    STAGE.with(|stage| {
-        let mut stage = stage.borrow_mut();
+/// The bytes of a message made of `parts`.
+#[inline]
+pub(crate) fn payload_len(parts: &[&[u8]]) -> usize {
+    match parts {
+        [one] => one.len(),
+        [a, b] => a.len() + b.len(),
+        _ => parts.iter().map(|p| p.len()).sum(),
+    }
+}
+
+/// Makes `id` the session whose own sends are staged on this thread (with
+/// each message's length if `track_lens`); false if another session's
+/// engine holds the stage (a nested poll).
+pub(crate) fn stage_begin(id: SessionId, track_lens: bool) -> bool {
+    with_stage(|stage| {
         if stage.owner.is_some() {
             return false;
         }
         stage.owner = Some(id);
+        stage.track_lens = track_lens;
+        ACTIVE.set(stage);
         true
     })
 }
 
-/// Hands what `id` has staged to `take` (the chunk, the frame lengths, the
-/// byte count), if anything.
+/// Hands what `id` has staged to `take` (the chunk, the frame lengths if
+/// tracked, the byte count), if anything. `take` must not send.
 pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, usize)) {
-    STAGE.with(|stage| {
-        let mut stage = stage.borrow_mut();
-        if stage.owner != Some(id) || stage.lens.is_empty() {
+    with_stage(|stage| {
+        if stage.owner != Some(id) || (stage.lens.is_empty() && stage.buf.is_empty()) {
             return;
         }
         let chunk = stage.buf.split().freeze();
@@ -293,10 +334,10 @@ pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, 
 
 /// Ends `id`'s hold on the stage; anything still staged is dropped.
 pub(crate) fn stage_end(id: SessionId) {
-    STAGE.with(|stage| {
-        let mut stage = stage.borrow_mut();
+    with_stage(|stage| {
         if stage.owner == Some(id) {
             stage.owner = None;
+            ACTIVE.set(std::ptr::null_mut());
             stage.lens.clear();
             stage.bytes = 0;
             stage.buf.clear();
@@ -474,7 +515,7 @@ impl SessionHandle {
         let framing = shared.framing;
         let frame = SEND_CHUNK.with(|chunk| {
             let mut chunk = chunk.borrow_mut();
-            let needed = parts.iter().map(|p| p.len()).sum::<usize>() + framing.overhead();
+            let needed = payload_len(parts) + framing.overhead();
             if chunk.capacity() - chunk.len() < needed {
                 *chunk = BytesMut::with_capacity(needed.max(CHUNK));
             }
