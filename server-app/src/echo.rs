@@ -40,7 +40,12 @@ impl Session for EchoSession {
         }
         // Message and suffix go out as one reply, framed without joining
         // them into a buffer first.
-        match handle.send_parts(&[message, &self.suffix]) {
+        let sent = if self.suffix.is_empty() {
+            handle.send(message)
+        } else {
+            handle.send_parts(&[message, &self.suffix])
+        };
+        match sent {
             // The session is closing; its disconnect line says why.
             Ok(()) | Err(SendError::Closed) => {}
             Err(e) => eprintln!("reply to {} not sent: {e}", handle.peer_addr()),
@@ -48,9 +53,13 @@ impl Session for EchoSession {
     }
 
     fn on_sent(&mut self, _handle: &SessionHandle, message: &[u8]) {
-        if !self.quiet {
-            say!("{} To client : {}", timestamp(), printable(message));
-        }
+        say!("{} To client : {}", timestamp(), printable(message));
+    }
+
+    // Quiet: `on_sent` would print nothing, so the engine need not keep
+    // each reply's length for it.
+    fn wants_on_sent(&self) -> bool {
+        !self.quiet
     }
 
     fn on_disconnected(&mut self, handle: &SessionHandle, reason: &DisconnectReason) {
