@@ -16,7 +16,8 @@
 //! - open loop (`--rate R`): `R` messages per second in total, spread over the
 //!   connections on a fixed schedule (message `k` of a connection is due at
 //!   `start + (k + phase) / rate_per_connection`), sent in batches every
-//!   millisecond. Round trips are measured from the scheduled time, not the
+//!   millisecond, woken by a `timerfd` (an `epoll` timeout counts whole
+//!   milliseconds and rounds up, which made the batches about 1.7 ms apart). Round trips are measured from the scheduled time, not the
 //!   time the message actually left, so a server that falls behind shows it
 //!   in the percentiles (no coordinated omission).
 //!
@@ -559,6 +560,7 @@ mod imp {
     use super::*;
     use rustix::buffer::spare_capacity;
     use rustix::event::{Timespec, epoll};
+    use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags};
 
     /// Cap on unwritten bytes per connection in open loop: past it, due
     /// messages wait (and their round trips, measured from the schedule,
@@ -566,6 +568,8 @@ mod imp {
     const OUT_CAP: usize = 1 << 20;
     /// Open-loop sends go out in batches this far apart.
     const TICK: Duration = Duration::from_millis(1);
+    /// The epoll key of the tick timer (connections use their index).
+    const TICK_KEY: u64 = u64::MAX;
     /// After the last send, how long replies may take to arrive.
     const DRAIN: Duration = Duration::from_secs(5);
 
@@ -693,10 +697,39 @@ mod imp {
                     self.flush(c);
                 }
             }
+            // Open loop: a timer that fires every TICK, to the microsecond.
+            let ticker = if open_loop {
+                let fd = rustix::time::timerfd_create(
+                    TimerfdClockId::Monotonic,
+                    TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+                )
+                .context("timerfd_create")?;
+                let every = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: ns(TICK) as _,
+                };
+                let spec = Itimerspec {
+                    it_interval: every,
+                    it_value: every,
+                };
+                rustix::time::timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)
+                    .context("timerfd_settime")?;
+                epoll::add(
+                    &self.epoll,
+                    &fd,
+                    epoll::EventData::new_u64(TICK_KEY),
+                    epoll::EventFlags::IN,
+                )
+                .context("epoll_ctl")?;
+                Some(fd)
+            } else {
+                None
+            };
             let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
             let mut buf = vec![0u8; 64 * 1024];
             let mut progress = Progress::new(self.start);
             let mut next_tick = 0u64;
+            let mut tick_due = false;
             let mut drain_deadline: Option<u64> = None;
             let mut last_progress = 0u64;
             let mut last_messages = 0u64;
@@ -716,13 +749,16 @@ mod imp {
                         break;
                     }
                 }
-                if open_loop && now >= next_tick {
+                if open_loop && (tick_due || now >= next_tick) {
                     for c in conns.iter_mut() {
                         self.send_due(c, now);
                     }
-                    next_tick = now + ns(TICK);
+                    tick_due = false;
+                    // The ticker wakes the loop for the next batch; this is
+                    // only the latest the batch may come.
+                    next_tick = now + 2 * ns(TICK);
                 }
-                // Wake for the next tick, the progress line, or the drain end.
+                // Wake for the next batch, the progress line, or the drain end.
                 let mut wake = now + ns(Progress::EVERY);
                 if open_loop && sending {
                     wake = wake.min(next_tick);
@@ -746,6 +782,14 @@ mod imp {
                 }
                 let now = self.now_ns();
                 for ev in events.iter() {
+                    if ev.data.u64() == TICK_KEY {
+                        tick_due = true;
+                        if let Some(fd) = &ticker {
+                            let mut expirations = [0u8; 8];
+                            let _ = rustix::io::read(fd, &mut expirations);
+                        }
+                        continue;
+                    }
                     let index = ev.data.u64() as usize;
                     let flags = ev.flags;
                     let c = &mut conns[index];
