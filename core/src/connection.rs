@@ -148,6 +148,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     saw_eof: bool,
     /// Lingering has read and dropped bytes the peer sent.
     discarded: bool,
+    /// Lingering has let the runtime take a turn after finding nothing.
+    settled: bool,
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
@@ -182,6 +184,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             reading: true,
             saw_eof: false,
             discarded: false,
+            settled: false,
             started: false,
             poisoned: false,
             phase: Phase::Open,
@@ -558,6 +561,16 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                         // close would answer with a reset: wait until it
                         // closes or has been quiet a while (as nginx's
                         // lingering close does).
+                        //
+                        // A read may say nothing waits from readiness the
+                        // runtime collected before the latest events (the
+                        // workers skip the read after one that emptied the
+                        // socket): only trust it after one more turn.
+                        Poll::Pending if !self.discarded && !self.settled => {
+                            self.settled = true;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                         Poll::Pending => {
                             done = !self.discarded || Pin::new(&mut *quiet).poll(cx).is_ready();
                             break;

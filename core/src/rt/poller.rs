@@ -18,6 +18,9 @@ pub(crate) struct Readiness {
     pub(crate) key: usize,
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+    /// The peer closed its side, or the socket failed: a read will not
+    /// block again (it returns the end or the error).
+    pub(crate) read_closed: bool,
 }
 
 #[cfg(target_os = "linux")]
@@ -61,6 +64,8 @@ mod linux {
                         EventFlags::IN | EventFlags::HUP | EventFlags::ERR | EventFlags::RDHUP,
                     ),
                     writable: flags.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR),
+                    read_closed: flags
+                        .intersects(EventFlags::HUP | EventFlags::ERR | EventFlags::RDHUP),
                 })
             })
         }
@@ -151,6 +156,8 @@ mod portable {
                 key: event.key,
                 readable: event.readable,
                 writable: event.writable,
+                // Not told apart here; only Linux skips reads on it.
+                read_closed: false,
             })
         }
     }

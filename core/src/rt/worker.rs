@@ -182,6 +182,9 @@ impl Worker {
                 let sources = lock(&self.sources);
                 for event in ready {
                     if let Some(source) = sources.get(event.key) {
+                        if event.read_closed {
+                            source.read_closed.store(true, Ordering::Release);
+                        }
                         if event.readable {
                             source.read_gen.fetch_add(1, Ordering::AcqRel);
                             source.read_waker.wake();
@@ -259,6 +262,9 @@ impl Wake for Task {
 #[derive(Default)]
 struct Source {
     read_gen: AtomicU64,
+    /// The poller reported the read side closed (or an error): reads must
+    /// go on until they return it, never be skipped.
+    read_closed: AtomicBool,
     write_gen: AtomicU64,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
@@ -379,12 +385,17 @@ impl TcpStream {
         seen: usize,
     ) -> Poll<io::Result<usize>> {
         let full = buf.len();
-        self.poll_ready_io(cx, Direction::Read, |socket| match socket.peek(buf) {
-            Ok(n) if n > seen || n == 0 || n == full => Ok(n),
-            // Nothing new: wait for the next readiness event.
-            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(e),
-        })
+        self.poll_ready_io(
+            cx,
+            Direction::Read,
+            |socket| match socket.peek(buf) {
+                Ok(n) if n > seen || n == 0 || n == full => Ok(n),
+                // Nothing new: wait for the next readiness event.
+                Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            },
+            |_| false,
+        )
     }
 
     /// Runs `op` on the socket once it may make progress in `direction`
@@ -394,6 +405,7 @@ impl TcpStream {
         cx: &mut Context<'_>,
         direction: Direction,
         mut op: impl FnMut(&StdTcpStream) -> io::Result<T>,
+        drained: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         self.register()?;
         let TcpStream {
@@ -407,7 +419,17 @@ impl TcpStream {
             Direction::Read => (&source.read_gen, &source.read_waker, read_blocked),
             Direction::Write => (&source.write_gen, &source.write_waker, write_blocked),
         };
-        poll_io(cx, generation, waker, blocked_at, || op(socket))
+        // Once the peer has closed, the read that returns the end must not
+        // be skipped: no event will come for it.
+        let closed = &source.read_closed;
+        poll_io(
+            cx,
+            generation,
+            waker,
+            blocked_at,
+            || op(socket),
+            |done| drained(done) && !closed.load(Ordering::Acquire),
+        )
     }
 
     /// Takes `n` bytes already seen by [`poll_peek`](Self::poll_peek) off
@@ -452,13 +474,15 @@ enum Direction {
 }
 
 /// Runs `op` until it stops returning `Interrupted`; a `WouldBlock` waits for
-/// the next readiness event counted by `generation`.
+/// the next readiness event counted by `generation`, and so does the next
+/// call after a result that `drained` says emptied the socket.
 fn poll_io<T>(
     cx: &mut Context<'_>,
     generation: &AtomicU64,
     waker: &AtomicWaker,
     blocked_at: &mut u64,
     mut op: impl FnMut() -> io::Result<T>,
+    drained: impl Fn(&T) -> bool,
 ) -> Poll<io::Result<T>> {
     loop {
         let current = generation.load(Ordering::Acquire);
@@ -474,7 +498,17 @@ fn poll_io<T>(
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => *blocked_at = current,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            result => return Poll::Ready(result),
+            Ok(done) => {
+                if drained(&done) {
+                    // The socket had nothing more when `op` returned: the
+                    // next try would find `WouldBlock`, so skip it and wait
+                    // for an event after `current` (edge-triggered, every
+                    // new arrival is one).
+                    *blocked_at = current;
+                }
+                return Poll::Ready(Ok(done));
+            }
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }
@@ -512,6 +546,7 @@ impl TcpListener {
             &source.read_waker,
             &mut self.accept_blocked,
             || socket.accept(),
+            |_| false,
         );
         accepted.map(|result| result.and_then(|(stream, _)| TcpStream::new(stream)))
     }
@@ -531,7 +566,16 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_ready_io(cx, Direction::Read, |mut socket| socket.read(buf))
+        let len = buf.len();
+        // A read that filled less than the buffer emptied the socket (as
+        // tokio assumes too): the next read waits for the next event
+        // instead of making a syscall only to hear `WouldBlock`.
+        self.poll_ready_io(
+            cx,
+            Direction::Read,
+            |mut socket| socket.read(buf),
+            |&n| cfg!(target_os = "linux") && n > 0 && n < len,
+        )
     }
 }
 
@@ -549,9 +593,12 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_ready_io(cx, Direction::Write, |mut socket| {
-            socket.write_vectored(bufs)
-        })
+        self.poll_ready_io(
+            cx,
+            Direction::Write,
+            |mut socket| socket.write_vectored(bufs),
+            |_| false,
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
