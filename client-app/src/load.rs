@@ -17,9 +17,10 @@
 //!   connections on a fixed schedule (message `k` of a connection is due at
 //!   `start + (k + phase) / rate_per_connection`), sent in batches every
 //!   millisecond, woken by a `timerfd` (an `epoll` timeout counts whole
-//!   milliseconds and rounds up, which made the batches about 1.7 ms apart). Round trips are measured from the scheduled time, not the
-//!   time the message actually left, so a server that falls behind shows it
-//!   in the percentiles (no coordinated omission).
+//!   milliseconds and rounds up, which made the batches about 1.7 ms
+//!   apart). Round trips are measured from the scheduled time, not the time
+//!   the message actually left, so a server that falls behind shows it in
+//!   the percentiles (no coordinated omission).
 //!
 //! Why one thread and raw `epoll`: the load generator shares a 2-core machine
 //! with the server it measures, and on loopback nearly all of the cost is
