@@ -253,6 +253,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Moves what this session's callbacks staged on this thread, then what
     /// waits in the outbox, behind the frames already in flight.
+    #[inline]
     fn take_queued(&mut self) {
         let shared = &self.handle.shared;
         let (inflight, frame_lens, report) =
@@ -288,14 +289,21 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 }
                 return Ok(progress);
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, chunk) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
-                let start = if i == 0 { self.written } else { 0 };
-                slices[i] = IoSlice::new(&chunk[start..]);
-                count += 1;
-            }
-            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
+            let io = Pin::new(&mut self.io);
+            let written = if self.inflight.len() == 1 {
+                // The common case, one chunk: a plain write.
+                io.poll_write(cx, &self.inflight[0][self.written..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, chunk) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
+                    let start = if i == 0 { self.written } else { 0 };
+                    slices[i] = IoSlice::new(&chunk[start..]);
+                    count += 1;
+                }
+                io.poll_write_vectored(cx, &slices[..count])
+            };
+            let n = match written {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -488,6 +496,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
+    #[inline]
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(idle) = self.idle_timeout else {
             return false;
@@ -588,14 +597,18 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 return Poll::Ready(self.finish(reason));
             }
 
-            let mut progress = match self.poll_write_queue(cx) {
-                Ok(progress) => progress,
+            // A write needs no second turn (it goes until the queue is empty
+            // or the socket is full, and then waits for the socket); a read
+            // that brought bytes does, for what its callbacks queued.
+            let mut again = false;
+            let wrote = match self.poll_write_queue(cx) {
+                Ok(wrote) => wrote,
                 Err(e) => {
                     shared.polling.store(false, Ordering::SeqCst);
                     return Poll::Ready(self.finish(DisconnectReason::Io(Arc::new(e))));
                 }
             };
-            if progress {
+            if wrote {
                 self.touch();
             }
 
@@ -640,14 +653,14 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                     match self.poll_read_once(cx) {
                         Poll::Ready(Ok(true)) => {
                             reads += 1;
-                            progress = true;
+                            again = true;
                             self.touch();
                         }
                         Poll::Ready(Ok(false)) => {
                             self.begin_close(DisconnectReason::PeerClosed, true)
                         }
                         Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                            progress = true
+                            again = true
                         }
                         Poll::Ready(Err(e)) => {
                             shared.polling.store(false, Ordering::SeqCst);
@@ -665,7 +678,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 }
             }
 
-            if !progress {
+            if !again {
                 shared.polling.store(false, Ordering::SeqCst);
                 if self.has_news() {
                     shared.polling.store(true, Ordering::SeqCst);

@@ -320,16 +320,24 @@ pub(crate) fn stage_begin(id: SessionId, track_lens: bool) -> bool {
 
 /// Hands what `id` has staged to `take` (the chunk, the frame lengths if
 /// tracked, the byte count), if anything. `take` must not send.
+#[inline]
+#[allow(unsafe_code)]
 pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, usize)) {
-    with_stage(|stage| {
-        if stage.owner != Some(id) || (stage.lens.is_empty() && stage.buf.is_empty()) {
-            return;
-        }
-        let chunk = stage.buf.split().freeze();
-        let bytes = std::mem::take(&mut stage.bytes);
-        take(chunk, &mut stage.lens, bytes);
-        stage.lens.clear();
-    })
+    let active = ACTIVE.get();
+    if active.is_null() {
+        // No engine holds the stage, so nothing is staged for `id`.
+        return;
+    }
+    // SAFETY: as in `try_stage`; `take` is the engine's own code and sends
+    // nothing, so no other reference to the stage is made while this lives.
+    let stage = unsafe { &mut *active };
+    if stage.owner != Some(id) || (stage.lens.is_empty() && stage.buf.is_empty()) {
+        return;
+    }
+    let chunk = stage.buf.split().freeze();
+    let bytes = std::mem::take(&mut stage.bytes);
+    take(chunk, &mut stage.lens, bytes);
+    stage.lens.clear();
 }
 
 /// Ends `id`'s hold on the stage; anything still staged is dropped.

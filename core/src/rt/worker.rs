@@ -450,6 +450,7 @@ impl TcpStream {
         Ok(())
     }
 
+    #[inline]
     fn register(&mut self) -> io::Result<()> {
         if self.registration.is_none() {
             self.registration = Some(Registration::new(&self.socket)?);
@@ -581,11 +582,16 @@ impl AsyncRead for TcpStream {
 
 impl AsyncWrite for TcpStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        self.poll_ready_io(
+            cx,
+            Direction::Write,
+            |mut socket| socket.write(buf),
+            |_| false,
+        )
     }
 
     fn poll_write_vectored(
