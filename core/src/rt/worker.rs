@@ -467,6 +467,42 @@ impl Drop for TcpStream {
     }
 }
 
+/// Reads and writes of one buffer. On Linux they go straight to the system
+/// calls: libc's wrappers switch thread cancellation on and off around each
+/// one: about 1% of the CPU of a small-message echo (`perf`), 7% of its
+/// user-space instructions (callgrind).
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::io;
+    use std::net::TcpStream;
+
+    use rustix::net::{RecvFlags, SendFlags};
+
+    pub(super) fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, _) = rustix::net::recv(socket, buf, RecvFlags::empty())?;
+        Ok(n)
+    }
+
+    pub(super) fn send(socket: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+        // As std does: a peer that is gone is an error, not a SIGPIPE.
+        Ok(rustix::net::send(socket, buf, SendFlags::NOSIGNAL)?)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::io::{self, Read, Write};
+    use std::net::TcpStream;
+
+    pub(super) fn recv(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        socket.read(buf)
+    }
+
+    pub(super) fn send(mut socket: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+        socket.write(buf)
+    }
+}
+
 /// Which readiness a socket operation waits for.
 #[derive(Clone, Copy)]
 enum Direction {
@@ -574,7 +610,7 @@ impl AsyncRead for TcpStream {
         self.poll_ready_io(
             cx,
             Direction::Read,
-            |mut socket| socket.read(buf),
+            |socket| sys::recv(socket, buf),
             |&n| cfg!(target_os = "linux") && n > 0 && n < len,
         )
     }
@@ -589,7 +625,7 @@ impl AsyncWrite for TcpStream {
         self.poll_ready_io(
             cx,
             Direction::Write,
-            |mut socket| socket.write(buf),
+            |socket| sys::send(socket, buf),
             |_| false,
         )
     }
