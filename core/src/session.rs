@@ -249,15 +249,33 @@ fn with_stage<R>(f: impl FnOnce(&mut Stage) -> R) -> R {
     STAGE.with(|stage| f(unsafe { &mut *stage.get() }))
 }
 
+/// What [`try_stage`] did. Small on purpose: returned in a register, where
+/// a `Result<(), SendError>` goes through memory, and copying it out cost
+/// more than the rest of a small send (a store-forwarding stall, `perf`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Staged {
+    /// Staged.
+    Yes,
+    /// Not the engine's own callback: send through the outbox.
+    NotHere,
+    /// The engine's own callback, but the outbox holds earlier messages:
+    /// send through it, behind them.
+    Behind,
+    Closed,
+    /// Over the send queue's cap.
+    Slow,
+    /// Cannot be framed: [`Framing::check_parts`] says why.
+    Unframable,
+}
+
 /// Queues a message sent from `handle`'s own callback, while its engine
-/// runs on this thread: staged if nothing waits in the outbox (else through
-/// the outbox, to keep the order). `None`: not the engine's own callback.
+/// runs on this thread: staged if nothing waits in the outbox.
 #[inline]
 #[allow(unsafe_code)]
-fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendError>> {
+fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
     let active = ACTIVE.get();
     if active.is_null() {
-        return None;
+        return Staged::NotHere;
     }
     // SAFETY: `ACTIVE` points at this thread's stage while an engine holds
     // it; this reference ends before the function returns and no user code
@@ -265,22 +283,21 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendE
     let stage = unsafe { &mut *active };
     let shared = &*handle.shared;
     if stage.owner != Some(shared.id) {
-        return None;
+        return Staged::NotHere;
     }
     if shared.outbox_len.load(Ordering::Acquire) != 0 {
-        return Some(handle.send_via_outbox(parts));
+        return Staged::Behind;
     }
     if shared.finished.load(Ordering::Acquire) {
-        return Some(Err(SendError::Closed));
+        return Staged::Closed;
     }
     let framing = shared.framing;
-    let payload = match framing.check_parts(parts, shared.max_frame_len) {
-        Ok(payload) => payload,
-        Err(e) => return Some(Err(SendError::Frame(e))),
+    let Ok(payload) = framing.check_parts(parts, shared.max_frame_len) else {
+        return Staged::Unframable;
     };
     let len = payload + framing.overhead();
     if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
-        return Some(Err(handle.close_slow()));
+        return Staged::Slow;
     }
     if stage.buf.capacity() - stage.buf.len() < len {
         stage.buf.reserve(len.max(CHUNK));
@@ -290,7 +307,7 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Option<Result<(), SendE
         stage.lens.push(len as u32);
     }
     stage.bytes += len;
-    Some(Ok(()))
+    Staged::Yes
 }
 
 /// The bytes of a message made of `parts`.
@@ -508,13 +525,14 @@ impl SessionHandle {
         if state != OPEN && state != CLOSE_SHUTDOWN {
             return Err(SendError::Closed);
         }
-        if let Some(result) = try_stage(self, parts) {
-            return result;
+        match try_stage(self, parts) {
+            Staged::Yes => Ok(()),
+            Staged::Behind => self.send_via_outbox(parts),
+            Staged::NotHere if state == OPEN => self.send_via_outbox(parts),
+            Staged::NotHere | Staged::Closed => Err(SendError::Closed),
+            Staged::Slow => Err(self.close_slow()),
+            Staged::Unframable => Err(self.unframable(parts)),
         }
-        if state != OPEN {
-            return Err(SendError::Closed);
-        }
-        self.send_via_outbox(parts)
     }
 
     /// Encodes into this thread's send chunk and queues in the outbox.
@@ -535,6 +553,19 @@ impl SessionHandle {
         self.push_frame(frame)
     }
 
+    /// Why `parts` cannot be framed for this session.
+    #[cold]
+    fn unframable(&self, parts: &[&[u8]]) -> SendError {
+        let shared = &*self.shared;
+        // `try_stage` found an error; the same check names it.
+        shared
+            .framing
+            .check_parts(parts, shared.max_frame_len)
+            .err()
+            .map_or(SendError::Closed, SendError::Frame)
+    }
+
+    #[cold]
     fn close_slow(&self) -> SendError {
         let shared = &*self.shared;
         if shared.request_close(CLOSE_SLOW) {
