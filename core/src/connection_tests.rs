@@ -547,3 +547,44 @@ fn pause_reading_holds_the_peer_back_until_resume() {
         DisconnectReason::LocalClose
     ));
 }
+
+/// A raw message with no bytes has nothing to put on the wire: sending it,
+/// from the session's own callback, from outside or as a shared `Frame`,
+/// succeeds and queues nothing, and the session goes on as before (an empty
+/// chunk in the queue once made the next write return 0 and the session
+/// stall or fail).
+#[test]
+fn an_empty_raw_message_queues_nothing_and_breaks_nothing() {
+    struct EmptyFirst;
+    impl Session for EmptyFirst {
+        fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+            handle.send(b"").unwrap();
+            handle.send(message).unwrap();
+        }
+    }
+    let (server, mut client) = duplex(1 << 16);
+    let config = SessionConfig {
+        framing: Framing::Raw,
+        ..SessionConfig::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &config, EmptyFirst);
+    let task = async_std::task::spawn(task);
+    async_std::task::block_on(async {
+        let mut got = [0u8; 4];
+        // Alone in the queue, from outside and as a frame.
+        handle.send(b"").unwrap();
+        let empty = crate::framing::Frame::new(Framing::Raw, b"", 1024).unwrap();
+        handle.send_frame(&empty).unwrap();
+        async_std::task::sleep(Duration::from_millis(20)).await;
+        handle.send(b"next").unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"next");
+        // Staged by the callback, ahead of the echo.
+        client.write_all(b"ping").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        assert_eq!(handle.queued_bytes(), 0);
+        handle.disconnect();
+        assert!(matches!(task.await, DisconnectReason::LocalClose));
+    });
+}

@@ -58,7 +58,8 @@ pub trait Session: Send + 'static {
 
     /// One message given to [`SessionHandle::send`] was written whole to the
     /// socket (the payload, without framing). Not called if
-    /// [`wants_on_sent`](Self::wants_on_sent) says no.
+    /// [`wants_on_sent`](Self::wants_on_sent) says no, nor for a raw message
+    /// with no bytes, which has nothing to write.
     fn on_sent(&mut self, handle: &SessionHandle, message: &[u8]) {
         let _ = (handle, message);
     }
@@ -296,6 +297,10 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
         return Staged::Unframable;
     };
     let len = payload + framing.overhead();
+    if len == 0 {
+        // A raw message with no bytes: nothing to queue (see `push_frame`).
+        return Staged::Yes;
+    }
     if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
         return Staged::Slow;
     }
@@ -607,6 +612,11 @@ impl SessionHandle {
     fn push_frame(&self, frame: Bytes) -> Result<(), SendError> {
         let shared = &*self.shared;
         let len = frame.len();
+        if len == 0 {
+            // A raw message with no bytes has nothing to write; queued, it
+            // would make the write that carries it return 0.
+            return Ok(());
+        }
         let before = shared.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > shared.max_send_queue {
             shared.queued.fetch_sub(len, Ordering::AcqRel);
