@@ -258,8 +258,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let shared = &self.handle.shared;
         let (inflight, frame_lens, report) =
             (&mut self.inflight, &mut self.frame_lens, self.report);
-        crate::session::stage_take(shared.id, |chunk, lens, bytes| {
-            shared.queued.fetch_add(bytes, Ordering::AcqRel);
+        crate::session::stage_take(shared.id, |chunk, lens| {
+            shared.queued.fetch_add(chunk.len(), Ordering::AcqRel);
             inflight.push_back(chunk);
             frame_lens.extend(lens.iter().copied());
         });
@@ -463,7 +463,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         self.frame_lens.clear();
         self.reported = 0;
         // Staged messages were never counted in `queued`.
-        crate::session::stage_take(shared.id, |_, _, _| {});
+        crate::session::stage_take(shared.id, |_, _| {});
         shared.queued.fetch_sub(dropped, Ordering::AcqRel);
         self.pending = Vec::new();
         let (session, handle) = (&mut self.session, &self.handle);

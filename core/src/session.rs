@@ -226,9 +226,9 @@ struct Stage {
     owner: Option<SessionId>,
     /// Whether the owner keeps each message's length (for `on_sent`).
     track_lens: bool,
+    /// The staged frames, end to end; never holds a frame of no bytes.
     buf: BytesMut,
     lens: Vec<u32>,
-    bytes: usize,
 }
 
 thread_local! {
@@ -301,7 +301,7 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
         // A raw message with no bytes: nothing to queue (see `push_frame`).
         return Staged::Yes;
     }
-    if shared.queued.load(Ordering::Acquire) + stage.bytes + len > shared.max_send_queue {
+    if shared.queued.load(Ordering::Acquire) + stage.buf.len() + len > shared.max_send_queue {
         return Staged::Slow;
     }
     if stage.buf.capacity() - stage.buf.len() < len {
@@ -311,7 +311,6 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
     if stage.track_lens {
         stage.lens.push(len as u32);
     }
-    stage.bytes += len;
     Staged::Yes
 }
 
@@ -340,11 +339,11 @@ pub(crate) fn stage_begin(id: SessionId, track_lens: bool) -> bool {
     })
 }
 
-/// Hands what `id` has staged to `take` (the chunk, the frame lengths if
-/// tracked, the byte count), if anything. `take` must not send.
+/// Hands what `id` has staged to `take` (the chunk, and the frame lengths
+/// if tracked), if anything. `take` must not send.
 #[inline]
 #[allow(unsafe_code)]
-pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, usize)) {
+pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>)) {
     let active = ACTIVE.get();
     if active.is_null() {
         // No engine holds the stage, so nothing is staged for `id`.
@@ -353,12 +352,10 @@ pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>, 
     // SAFETY: as in `try_stage`; `take` is the engine's own code and sends
     // nothing, so no other reference to the stage is made while this lives.
     let stage = unsafe { &mut *active };
-    if stage.owner != Some(id) || (stage.lens.is_empty() && stage.buf.is_empty()) {
+    if stage.owner != Some(id) || stage.buf.is_empty() {
         return;
     }
-    let chunk = stage.buf.split().freeze();
-    let bytes = std::mem::take(&mut stage.bytes);
-    take(chunk, &mut stage.lens, bytes);
+    take(stage.buf.split().freeze(), &mut stage.lens);
     stage.lens.clear();
 }
 
@@ -369,7 +366,6 @@ pub(crate) fn stage_end(id: SessionId) {
             stage.owner = None;
             ACTIVE.set(std::ptr::null_mut());
             stage.lens.clear();
-            stage.bytes = 0;
             stage.buf.clear();
         }
     })
