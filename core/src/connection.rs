@@ -276,10 +276,55 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         shared.outbox_len.store(0, Ordering::Release);
     }
 
+    /// Writes what this session's callbacks staged straight from the
+    /// thread's stage buffer when nothing is queued ahead of it: the common
+    /// case of a reply to a read, with no chunk cut, queued, counted and
+    /// dropped, and the same warm buffer for every batch. What the socket
+    /// does not take is queued as usual. Returns whether anything was
+    /// written.
+    fn write_staged(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
+        let shared = &self.handle.shared;
+        if !self.inflight.is_empty() || shared.outbox_len.load(Ordering::Acquire) != 0 {
+            return Ok(false);
+        }
+        let Some((mut buf, lens)) = crate::session::stage_lend(shared.id) else {
+            return Ok(false);
+        };
+        let written = match Pin::new(&mut self.io).poll_write(cx, &buf) {
+            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => Ok(n),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(0),
+        };
+        let n = match written {
+            Ok(n) => n,
+            Err(e) => {
+                crate::session::stage_return(buf, lens);
+                return Err(e);
+            }
+        };
+        if self.report {
+            self.frame_lens.extend(lens.iter().copied());
+        }
+        if n == buf.len() {
+            if self.report {
+                self.report_sent(&buf, 0, n);
+            }
+        } else {
+            // The rest waits in the queue, as if it had been taken there.
+            shared.queued.fetch_add(buf.len() - n, Ordering::AcqRel);
+            self.inflight.push_back(buf.split().freeze());
+            self.advance(n);
+        }
+        crate::session::stage_return(buf, lens);
+        Ok(n > 0)
+    }
+
     /// Writes queued frames until the queue is empty or the socket is full.
     /// Returns whether anything was written.
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
-        let mut progress = false;
+        let mut progress = self.write_staged(cx)?;
         loop {
             self.take_queued();
             if self.inflight.is_empty() {

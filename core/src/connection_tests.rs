@@ -335,6 +335,47 @@ fn a_session_that_wants_no_sent_reports_gets_none_and_loses_nothing() {
 }
 
 #[test]
+fn replies_written_in_pieces_from_the_stage_are_each_reported_once_in_order() {
+    // A 64-byte pipe takes only part of each batch of staged replies: the
+    // rest is queued and reported as it goes out.
+    let (server, mut client) = duplex(64);
+    let log = Log::default();
+    let session = Recorder {
+        log: log.clone(),
+        echo: true,
+        ..Recorder::default()
+    };
+    let config = SessionConfig {
+        framing: Framing::LengthPrefixed,
+        ..SessionConfig::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &config, session);
+    let task = async_std::task::spawn(task);
+    let requests: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("request number {i}").into_bytes())
+        .collect();
+    let wire = encode_all(Framing::LengthPrefixed, &requests);
+    async_std::task::block_on(async {
+        client.write_all(&wire).await.unwrap();
+        let mut echoed = vec![0; wire.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, wire);
+        handle.disconnect();
+        assert!(matches!(task.await, DisconnectReason::LocalClose));
+    });
+    let sent: Vec<Vec<u8>> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sent(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, requests);
+}
+
+#[test]
 fn an_echo_whose_peer_never_reads_stops_reading_at_the_high_watermark() {
     let (server, client) = duplex(4096);
     let config = SessionConfig {

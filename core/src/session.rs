@@ -208,6 +208,8 @@ pub(crate) const CLOSE_ENGINE: u8 = 4;
 
 /// Bytes of one per-thread chunk that encoded frames are cut from.
 const CHUNK: usize = 64 * 1024;
+/// The largest stage buffer kept for the next batch after one large reply.
+const MAX_KEPT_CHUNK: usize = 4 * CHUNK;
 
 thread_local! {
     /// The course's `SendBufferHelper`: frames are encoded into one chunk per
@@ -357,6 +359,51 @@ pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>))
     }
     take(stage.buf.split().freeze(), &mut stage.lens);
     stage.lens.clear();
+}
+
+/// Lends what `id`'s callbacks staged on this thread (the frames end to end
+/// and, if tracked, their lengths) to the engine, which writes it straight
+/// from this buffer when nothing else waits to be written, and gives the
+/// buffer back with [`stage_return`] so the next batch reuses its memory.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn stage_lend(id: SessionId) -> Option<(BytesMut, Vec<u32>)> {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return None;
+    }
+    // SAFETY: as in `try_stage`; this reference ends before the function
+    // returns.
+    let stage = unsafe { &mut *active };
+    if stage.owner != Some(id) || stage.buf.is_empty() {
+        return None;
+    }
+    Some((
+        std::mem::take(&mut stage.buf),
+        std::mem::take(&mut stage.lens),
+    ))
+}
+
+/// Gives back a buffer lent by [`stage_lend`], emptied; kept for the next
+/// batch unless the stage took a new one meanwhile or it grew too large to
+/// keep.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn stage_return(mut buf: BytesMut, mut lens: Vec<u32>) {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return;
+    }
+    // SAFETY: as in `stage_lend`.
+    let stage = unsafe { &mut *active };
+    if stage.buf.capacity() == 0 && buf.capacity() <= MAX_KEPT_CHUNK {
+        buf.clear();
+        stage.buf = buf;
+    }
+    if stage.lens.capacity() == 0 {
+        lens.clear();
+        stage.lens = lens;
+    }
 }
 
 /// Ends `id`'s hold on the stage; anything still staged is dropped.
