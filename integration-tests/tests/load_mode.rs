@@ -118,3 +118,56 @@ fn a_wrong_echo_is_counted_and_fails_the_run() {
     assert!(json_number(json, "errors") > 0.0, "{json}");
     assert!(json_number(json, "messages") < 800.0, "{json}");
 }
+
+#[test]
+fn a_reply_of_the_right_length_with_one_byte_changed_is_caught() {
+    // A hand-made echo that changes one byte of each connection's stream
+    // after its first 1000 bytes: every reply keeps its length, so only a
+    // byte-for-byte check notices.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut handlers = Vec::new();
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            handlers.push(std::thread::spawn(move || {
+                let (mut seen, mut buf) = (0usize, [0u8; 4096]);
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if (seen..seen + n).contains(&1000) {
+                        buf[1000 - seen] ^= 0x20;
+                    }
+                    seen += n;
+                    if stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for h in handlers {
+            h.join().unwrap();
+        }
+    });
+    let (out, ok) = run_load(
+        port,
+        &[
+            "--clients",
+            "2",
+            "--count",
+            "100",
+            "--window",
+            "4",
+            "--json",
+        ],
+    );
+    let json = json_line(&out);
+    assert!(!ok, "a changed byte must fail the run: {json}");
+    assert_eq!(json_number(json, "corrupt"), 2.0, "{json}");
+    // Message 15 (bytes 960..1024) came back wrong on each connection; the
+    // ones before it were checked and counted.
+    assert_eq!(json_number(json, "messages"), 30.0, "{json}");
+    server.join().unwrap();
+}
