@@ -5,13 +5,13 @@
 //! --suffix ''`) and check that what comes back is, byte for byte, what was
 //! sent: message `seq` of connection `conn` holds `conn` and `seq` in hex
 //! followed by a filler that depends on `seq`, so no two messages of a
-//! connection are alike. Each connection keeps a copy of the bytes it sent
-//! and not yet got back, and compares the replies with it as they arrive
-//! (under raw framing the replies are a byte stream with no boundaries; the
-//! comparison does not need them, and every message has the same length, so
-//! the bytes matched say how many replies are complete). A reply that
-//! differs, bytes that nobody asked for, or a reply that never comes is an
-//! error, and errors make the run fail.
+//! connection are alike. The replies are compared as they arrive with the
+//! messages regenerated from the two numbers, piece by piece, without
+//! building them (under raw framing the replies are a byte stream with no
+//! boundaries; the comparison does not need them, and every message has the
+//! same length, so the bytes matched say how many replies are complete). A
+//! reply that differs, bytes that nobody asked for, or a reply that never
+//! comes is an error, and errors make the run fail.
 //!
 //! Two ways to drive the load:
 //! - closed loop (default): each connection keeps `--window` messages in
@@ -389,29 +389,110 @@ impl MessageMaker {
         self.size + self.framing.overhead()
     }
 
-    /// Appends message `seq` of connection `conn`, framed, to `out`.
-    fn append(&self, conn: u32, seq: u64, out: &mut Vec<u8>) {
+    /// `conn` and `seq` in hex, 8 and 16 digits.
+    fn hex(conn: u32, seq: u64) -> [u8; Self::HEADER] {
+        let mut hex = [0u8; Self::HEADER];
+        for (i, byte) in conn.to_be_bytes().into_iter().enumerate() {
+            hex[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+        }
+        for (i, byte) in seq.to_be_bytes().into_iter().enumerate() {
+            hex[8 + 2 * i..10 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+        }
+        hex
+    }
+
+    /// Message `seq` of connection `conn` on the wire, in three pieces: the
+    /// frame header and numbers (written into `prefix`), the filler (a
+    /// slice of the pattern, never copied to be checked) and the line end.
+    fn parts<'a>(
+        &'a self,
+        conn: u32,
+        seq: u64,
+        prefix: &'a mut [u8; 2 + Self::HEADER],
+    ) -> [&'a [u8]; 3] {
+        let mut len = 0;
         if self.framing == Framing::LengthPrefixed {
             // Plan::new keeps size + 2 within u16.
-            out.extend_from_slice(&((self.size + 2) as u16).to_le_bytes());
+            prefix[..2].copy_from_slice(&((self.size + 2) as u16).to_le_bytes());
+            len = 2;
         }
         // Two hex digits per byte from a table: the load generator shares
         // the machine with the server it measures, so it keeps its own
         // per-message work small.
-        let mut header = [0u8; Self::HEADER];
-        for (pair, byte) in header
-            .chunks_exact_mut(2)
-            .zip(conn.to_be_bytes().into_iter().chain(seq.to_be_bytes()))
-        {
-            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-        }
+        prefix[len..len + Self::HEADER].copy_from_slice(&Self::hex(conn, seq));
         let head = self.size.min(Self::HEADER);
-        out.extend_from_slice(&header[..head]);
         let start = (seq % 26) as usize;
-        out.extend_from_slice(&self.pattern[start..start + (self.size - head)]);
-        if self.framing == Framing::Lines {
-            out.push(b'\n');
+        let tail: &[u8] = if self.framing == Framing::Lines {
+            b"\n"
+        } else {
+            b""
+        };
+        [
+            &prefix[..len + head],
+            &self.pattern[start..start + (self.size - head)],
+            tail,
+        ]
+    }
+
+    /// Appends message `seq` of connection `conn`, framed, to `out`.
+    fn append(&self, conn: u32, seq: u64, out: &mut Vec<u8>) {
+        let mut prefix = [0u8; 2 + Self::HEADER];
+        for part in self.parts(conn, seq, &mut prefix) {
+            out.extend_from_slice(part);
         }
+    }
+
+    /// How many bytes at the start of `data` match message `seq` of `conn`
+    /// from byte `from` of its wire form on, stopping at the message's end:
+    /// fewer than `data` holds (up to that end) only where a byte differs.
+    fn matching(&self, conn: u32, seq: u64, from: usize, data: &[u8]) -> usize {
+        // The common case, a whole reply from its start that is right,
+        // with fixed-size comparisons where the layout allows.
+        if from == 0 && data.len() >= self.wire_len() && self.size >= Self::HEADER {
+            let lp = if self.framing == Framing::LengthPrefixed {
+                2
+            } else {
+                0
+            };
+            let header_ok = lp == 0 || data[..2] == ((self.size + 2) as u16).to_le_bytes();
+            let hex: &[u8; Self::HEADER] = data[lp..lp + Self::HEADER]
+                .try_into()
+                .expect("a slice of the header's length");
+            let start = (seq % 26) as usize;
+            let filler = &self.pattern[start..start + self.size - Self::HEADER];
+            let end = lp + self.size;
+            let tail_ok = self.framing != Framing::Lines || data[end] == b'\n';
+            if header_ok
+                && *hex == Self::hex(conn, seq)
+                && data[lp + Self::HEADER..end] == *filler
+                && tail_ok
+            {
+                return self.wire_len();
+            }
+        }
+        let mut prefix = [0u8; 2 + Self::HEADER];
+        let parts = self.parts(conn, seq, &mut prefix);
+        let mut skip = from;
+        let mut matched = 0;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let want = &part[skip..];
+            skip = 0;
+            let n = want.len().min(data.len() - matched);
+            let got = &data[matched..matched + n];
+            if got != &want[..n] {
+                let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+                return matched + same;
+            }
+            matched += n;
+            if matched == data.len() {
+                break;
+            }
+        }
+        matched
     }
 }
 
@@ -552,10 +633,6 @@ struct Conn {
     next_seq: u64,
     /// Sequence number of the reply being received.
     recv_seq: u64,
-    /// The bytes sent and not yet echoed, from `expect_pos`: the replies
-    /// must be exactly these (a copy, so each message is built once).
-    expect: Vec<u8>,
-    expect_pos: usize,
     /// Bytes of reply `recv_seq` already matched.
     recv_off: usize,
     /// Send (or scheduled) times of the messages in flight, ns after start.
@@ -650,8 +727,6 @@ mod imp {
                 id: i as u32,
                 next_seq: 0,
                 recv_seq: 0,
-                expect: Vec::with_capacity(plan.window * maker.wire_len()),
-                expect_pos: 0,
                 recv_off: 0,
                 times: VecDeque::with_capacity(plan.window),
                 out: Vec::with_capacity(plan.window * maker.wire_len()),
@@ -871,9 +946,7 @@ mod imp {
 
         /// Queues message `c.next_seq`, stamped with `time` (ns after start).
         fn push_message(&mut self, c: &mut Conn, time: u64) {
-            let at = c.out.len();
             self.maker.append(c.id, c.next_seq, &mut c.out);
-            c.expect.extend_from_slice(&c.out[at..]);
             c.times.push_back(time);
             c.next_seq += 1;
             self.sent += 1;
@@ -954,29 +1027,32 @@ mod imp {
                     return;
                 }
             };
-            let data = &buf[..n];
-            let want = &c.expect[c.expect_pos..];
-            let mut take = want.len().min(n);
-            // Bytes that differ from what was sent, or beyond all of it:
-            // the replies before the first wrong byte still count.
-            let wrong = want[..take] != data[..take] || take < n;
-            if wrong {
-                take = (want.iter().zip(data))
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(take);
-            }
-            c.expect_pos += take;
-            if c.expect_pos == c.expect.len() {
-                c.expect.clear();
-                c.expect_pos = 0;
-            } else if c.expect_pos > c.expect.len() / 2 {
-                c.expect.drain(..c.expect_pos);
-                c.expect_pos = 0;
-            }
-            // Every message has the same length on the wire.
+            // Checked against the messages regenerated from their numbers,
+            // without building them: bytes that differ from what was sent,
+            // or beyond all of it, are wrong; the replies before the first
+            // wrong byte still count.
             let wire = self.maker.wire_len();
-            let completed = ((c.recv_off + take) / wire) as u64;
-            c.recv_off = (c.recv_off + take) % wire;
+            let mut data = &buf[..n];
+            let mut completed = 0u64;
+            let mut wrong = false;
+            while !data.is_empty() {
+                let seq = c.recv_seq + completed;
+                if seq >= c.next_seq {
+                    wrong = true;
+                    break;
+                }
+                let matched = self.maker.matching(c.id, seq, c.recv_off, data);
+                if matched < data.len().min(wire - c.recv_off) {
+                    wrong = true;
+                    break;
+                }
+                data = &data[matched..];
+                c.recv_off += matched;
+                if c.recv_off == wire {
+                    c.recv_off = 0;
+                    completed += 1;
+                }
+            }
             for _ in 0..completed {
                 let sent_at = c.times.pop_front().unwrap_or(now);
                 if now >= self.measure_from {
@@ -1050,6 +1126,33 @@ mod tests {
             assert!(i < h.buckets.len());
             let mid = Histogram::value_at(i);
             assert!(mid.abs_diff(v) <= v / 64 + 1, "{v} -> {mid}");
+        }
+    }
+
+    #[test]
+    fn matching_finds_the_first_wrong_byte_from_any_offset() {
+        for (framing, size) in [
+            (Framing::LengthPrefixed, 64),
+            (Framing::Lines, 30),
+            (Framing::Raw, 300),
+        ] {
+            let m = MessageMaker::new(framing, size);
+            let mut wire = Vec::new();
+            m.append(7, 41, &mut wire);
+            m.append(7, 42, &mut wire);
+            let len = m.wire_len();
+            for from in 0..len {
+                // The rest of message 41 and all of 42: only 41's rest counts.
+                assert_eq!(m.matching(7, 41, from, &wire[from..]), len - from);
+                for bad in from..len {
+                    let mut wrong = wire.clone();
+                    wrong[bad] ^= 1;
+                    assert_eq!(m.matching(7, 41, from, &wrong[from..]), bad - from);
+                }
+            }
+            // Another connection's or sequence number's message differs.
+            assert!(m.matching(8, 41, 0, &wire) < len);
+            assert!(m.matching(7, 40, 0, &wire) < len);
         }
     }
 
