@@ -194,6 +194,21 @@ impl Framing {
     /// `len` bytes that can be framed, as one frame.
     #[inline]
     pub(crate) fn write_parts(self, parts: &[&[u8]], len: usize, out: &mut BytesMut) {
+        if let [one] = parts {
+            // The common case, one slice: no loop, no check for empty parts.
+            match self {
+                Framing::Raw => out.extend_from_slice(one),
+                Framing::LengthPrefixed => {
+                    out.extend_from_slice(&((len + 2) as u16).to_le_bytes());
+                    out.extend_from_slice(one);
+                }
+                Framing::Lines => {
+                    out.extend_from_slice(one);
+                    out.extend_from_slice(b"\n");
+                }
+            }
+            return;
+        }
         if self == Framing::LengthPrefixed {
             // In range: `check_parts` allowed at most 65,533 bytes.
             out.extend_from_slice(&((len + 2) as u16).to_le_bytes());
