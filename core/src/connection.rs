@@ -321,6 +321,42 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         Ok(n > 0)
     }
 
+    /// Sends a raw message that a callback sent back from the read it came
+    /// in, which the stage lent instead of copying (an echo): written from
+    /// the read buffer now when nothing waits ahead of it, and whatever the
+    /// socket does not take is copied to the queue, as the buffer is about
+    /// to be reused. It goes before anything else staged.
+    fn send_lent(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
+        if !matches!(self.phase, Phase::Open | Phase::Draining(..)) {
+            // Closing without a drain: dropped, as staged messages are.
+            return Ok(());
+        }
+        if self.report {
+            self.frame_lens.push_back(bytes.len() as u32);
+        }
+        let shared = &self.handle.shared;
+        let mut n = 0;
+        if self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0 {
+            n = match Pin::new(&mut self.io).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => 0,
+            };
+        }
+        if n == bytes.len() {
+            if self.report {
+                self.report_sent(bytes, 0, n);
+            }
+            return Ok(());
+        }
+        shared.queued.fetch_add(bytes.len() - n, Ordering::AcqRel);
+        self.inflight.push_back(Bytes::copy_from_slice(bytes));
+        self.advance(n);
+        Ok(())
+    }
+
     /// Writes queued frames until the queue is empty or the socket is full.
     /// Returns whether anything was written.
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
@@ -417,8 +453,16 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             match Pin::new(&mut self.io).poll_read(cx, scratch) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(n)) => {
+                    let id = self.handle.id();
+                    crate::session::stage_reading(id, &scratch[..n]);
                     self.deliver(&scratch[..n]);
-                    Poll::Ready(Ok(true))
+                    match crate::session::stage_read_done(id) {
+                        Some((at, len)) => match self.send_lent(&scratch[at..at + len], cx) {
+                            Ok(()) => Poll::Ready(Ok(true)),
+                            Err(e) => Poll::Ready(Err(e)),
+                        },
+                        None => Poll::Ready(Ok(true)),
+                    }
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,

@@ -376,6 +376,51 @@ fn replies_written_in_pieces_from_the_stage_are_each_reported_once_in_order() {
 }
 
 #[test]
+fn large_raw_echoes_sent_from_the_read_buffer_arrive_whole_and_reported() {
+    // Raw replies of 1 KiB and more are written from the read buffer. A
+    // stream that takes at most 700 bytes a write leaves the rest of each,
+    // which must be copied before the buffer is read into again.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let chunks = split(&data, &[3000, 700, 1024, 5000, 1, 1500]);
+    for max_write in [700, usize::MAX] {
+        let stream = Chunked::new(chunks.clone()).with_max_write(max_write);
+        let written = Arc::clone(&stream.written);
+        let log = Log::default();
+        let session = Recorder {
+            log: log.clone(),
+            echo: true,
+            ..Recorder::default()
+        };
+        let config = SessionConfig {
+            framing: Framing::Raw,
+            ..SessionConfig::default()
+        };
+        let (_, task) = run_session(stream, addr(), addr(), &config, session);
+        let reason = async_std::task::block_on(task);
+        assert!(matches!(reason, DisconnectReason::PeerClosed), "{reason:?}");
+        assert!(
+            *written.lock().unwrap() == data,
+            "the echo differs from what was sent (max_write {max_write})"
+        );
+        // Each reply reported once, in order, whole.
+        let events = log.lock().unwrap().clone();
+        let pick = |sent: bool| -> Vec<Vec<u8>> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Received(m) if !sent => Some(m.clone()),
+                    Event::Sent(m) if sent => Some(m.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (replies, reported) = (pick(false), pick(true));
+        assert_eq!(replies, chunks);
+        assert!(reported == replies, "on_sent differs from the replies");
+    }
+}
+
+#[test]
 fn an_echo_whose_peer_never_reads_stops_reading_at_the_high_watermark() {
     let (server, client) = duplex(4096);
     let config = SessionConfig {

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -210,6 +211,9 @@ pub(crate) const CLOSE_ENGINE: u8 = 4;
 const CHUNK: usize = 64 * 1024;
 /// The largest stage buffer kept for the next batch after one large reply.
 const MAX_KEPT_CHUNK: usize = 4 * CHUNK;
+/// Raw messages from this size up, sent back from the read they arrived in,
+/// are written from the read buffer instead of being copied to the stage.
+const LEND_MIN: usize = 1024;
 
 thread_local! {
     /// The course's `SendBufferHelper`: frames are encoded into one chunk per
@@ -230,6 +234,11 @@ struct Stage {
     track_lens: bool,
     /// The staged frames, end to end; never holds a frame of no bytes.
     buf: BytesMut,
+    /// The addresses of the read being delivered, while it is.
+    reading: Range<usize>,
+    /// A raw message sent back from inside that read, not copied: where it
+    /// sits in the read (offset, length). It goes out before `buf`.
+    lent: Option<(usize, usize)>,
     lens: Vec<u32>,
 }
 
@@ -303,8 +312,25 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
         // A raw message with no bytes: nothing to queue (see `push_frame`).
         return Staged::Yes;
     }
-    if shared.queued.load(Ordering::Acquire) + stage.buf.len() + len > shared.max_send_queue {
+    let lent = stage.lent.map_or(0, |(_, len)| len);
+    if shared.queued.load(Ordering::Acquire) + lent + stage.buf.len() + len > shared.max_send_queue
+    {
         return Staged::Slow;
+    }
+    // A large raw message from the read being delivered (an echo) is not
+    // copied: the engine writes it from the read buffer right after the
+    // delivery, or copies it then if it must wait.
+    if let [one] = parts
+        && framing == Framing::Raw
+        && len >= LEND_MIN
+        && stage.buf.is_empty()
+        && stage.lent.is_none()
+    {
+        let at = one.as_ptr() as usize;
+        if stage.reading.start <= at && at + len <= stage.reading.end {
+            stage.lent = Some((at - stage.reading.start, len));
+            return Staged::Yes;
+        }
     }
     if stage.buf.capacity() - stage.buf.len() < len {
         stage.buf.reserve(len.max(CHUNK));
@@ -406,6 +432,45 @@ pub(crate) fn stage_return(mut buf: BytesMut, mut lens: Vec<u32>) {
     }
 }
 
+/// Marks `data` as the read being delivered to `id`'s callbacks: until
+/// [`stage_read_done`], a raw message sent from within it may be lent
+/// instead of copied.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn stage_reading(id: SessionId, data: &[u8]) {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return;
+    }
+    // SAFETY: as in `try_stage`; this reference ends before the function
+    // returns.
+    let stage = unsafe { &mut *active };
+    if stage.owner == Some(id) {
+        let start = data.as_ptr() as usize;
+        stage.reading = start..start + data.len();
+    }
+}
+
+/// Ends the delivery marked by [`stage_reading`]; returns where the lent
+/// message sits in that read (offset, length), if one was lent. It must be
+/// written or copied before the read buffer is used again, and it goes out
+/// before anything else staged.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn stage_read_done(id: SessionId) -> Option<(usize, usize)> {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return None;
+    }
+    // SAFETY: as in `stage_reading`.
+    let stage = unsafe { &mut *active };
+    if stage.owner != Some(id) {
+        return None;
+    }
+    stage.reading = 0..0;
+    stage.lent.take()
+}
+
 /// Ends `id`'s hold on the stage; anything still staged is dropped.
 pub(crate) fn stage_end(id: SessionId) {
     with_stage(|stage| {
@@ -414,6 +479,8 @@ pub(crate) fn stage_end(id: SessionId) {
             ACTIVE.set(std::ptr::null_mut());
             stage.lens.clear();
             stage.buf.clear();
+            stage.reading = 0..0;
+            stage.lent = None;
         }
     })
 }

@@ -138,10 +138,11 @@ impl AsyncWrite for End {
 }
 
 /// A stream whose reads return the given chunks, one per read, then end;
-/// writes go to a buffer that is kept.
+/// writes go to a buffer that is kept, at most `max_write` bytes a call.
 pub(crate) struct Chunked {
     chunks: VecDeque<Vec<u8>>,
     pub(crate) written: Arc<Mutex<Vec<u8>>>,
+    max_write: usize,
 }
 
 impl Chunked {
@@ -149,7 +150,14 @@ impl Chunked {
         Chunked {
             chunks: chunks.into(),
             written: Arc::default(),
+            max_write: usize::MAX,
         }
+    }
+
+    /// Takes at most `max` bytes per write, as a socket with little room.
+    pub(crate) fn with_max_write(mut self, max: usize) -> Chunked {
+        self.max_write = max;
+        self
     }
 }
 
@@ -178,8 +186,9 @@ impl AsyncWrite for Chunked {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.written.lock().unwrap().extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        let n = buf.len().min(self.max_write);
+        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
