@@ -237,8 +237,9 @@ struct Stage {
     /// The addresses of the read being delivered, while it is.
     reading: Range<usize>,
     /// A raw message sent back from inside that read, not copied: where it
-    /// sits in the read (offset, length). It goes out before `buf`.
-    lent: Option<(usize, usize)>,
+    /// sits in the read, and its length (0: none). It goes out before `buf`.
+    lent_at: usize,
+    lent_len: usize,
     lens: Vec<u32>,
 }
 
@@ -312,23 +313,21 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
         // A raw message with no bytes: nothing to queue (see `push_frame`).
         return Staged::Yes;
     }
-    let lent = stage.lent.map_or(0, |(_, len)| len);
-    if shared.queued.load(Ordering::Acquire) + lent + stage.buf.len() + len > shared.max_send_queue
-    {
+    let staged = stage.buf.len() + stage.lent_len;
+    if shared.queued.load(Ordering::Acquire) + staged + len > shared.max_send_queue {
         return Staged::Slow;
     }
     // A large raw message from the read being delivered (an echo) is not
     // copied: the engine writes it from the read buffer right after the
     // delivery, or copies it then if it must wait.
-    if let [one] = parts
-        && framing == Framing::Raw
+    if framing == Framing::Raw
         && len >= LEND_MIN
-        && stage.buf.is_empty()
-        && stage.lent.is_none()
+        && staged == 0
+        && let [one] = parts
     {
         let at = one.as_ptr() as usize;
         if stage.reading.start <= at && at + len <= stage.reading.end {
-            stage.lent = Some((at - stage.reading.start, len));
+            (stage.lent_at, stage.lent_len) = (at - stage.reading.start, len);
             return Staged::Yes;
         }
     }
@@ -468,7 +467,9 @@ pub(crate) fn stage_read_done(id: SessionId) -> Option<(usize, usize)> {
         return None;
     }
     stage.reading = 0..0;
-    stage.lent.take()
+    let lent = (stage.lent_len > 0).then_some((stage.lent_at, stage.lent_len));
+    stage.lent_len = 0;
+    lent
 }
 
 /// Ends `id`'s hold on the stage; anything still staged is dropped.
@@ -480,7 +481,7 @@ pub(crate) fn stage_end(id: SessionId) {
             stage.lens.clear();
             stage.buf.clear();
             stage.reading = 0..0;
-            stage.lent = None;
+            stage.lent_len = 0;
         }
     })
 }
