@@ -224,8 +224,11 @@ thread_local! {
 
 /// Messages a session's own callbacks send while its engine runs them, kept
 /// on the engine's thread: one contiguous buffer and the frame lengths, with
-/// no lock, no atomic operation and no reference count per message. The
-/// engine takes them as one chunk before it writes.
+/// no lock, no atomic operation and no reference count per message. When
+/// nothing waits to be written ahead of them, the engine writes them straight
+/// from this buffer, which the next batch reuses; otherwise it takes them as
+/// one chunk behind the queue. A large raw message sent back from the read
+/// being delivered is not even copied here (see `lent_len`).
 #[derive(Default)]
 struct Stage {
     /// The session whose engine is running on this thread.
