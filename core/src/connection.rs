@@ -321,19 +321,13 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         Ok(n > 0)
     }
 
-    /// Sends a raw message that a callback sent back from the read it came
-    /// in, which the stage lent instead of copying (an echo): written from
-    /// the read buffer now when nothing waits ahead of it, and whatever the
-    /// socket does not take is copied to the queue, as the buffer is about
-    /// to be reused. It goes before anything else staged.
+    /// Sends the raw messages that callbacks sent back from the reads they
+    /// came in, which the stage lent instead of copying (an echo; their
+    /// lengths are already in `frame_lens`): written from the read buffer
+    /// now when nothing waits ahead of them, and whatever the socket does
+    /// not take is copied to the queue, as the buffer is about to be reused.
+    /// They go before anything else staged.
     fn send_lent(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
-        if !matches!(self.phase, Phase::Open | Phase::Draining(..)) {
-            // Closing without a drain: dropped, as staged messages are.
-            return Ok(());
-        }
-        if self.report {
-            self.frame_lens.push_back(bytes.len() as u32);
-        }
         let shared = &self.handle.shared;
         let mut n = 0;
         if self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0 {
@@ -448,24 +442,55 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
     /// arrived, `Ready(false)` at end of stream.
+    ///
+    /// When every byte of a large read came back as lent raw replies (an
+    /// echo), it reads again into the rest of the buffer before writing: a
+    /// large write reaches the socket in pieces (Linux pushes a segment at
+    /// half the peer's window), and one write then carries the replies to
+    /// them all.
     fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         with_scratch(self.read_buffer_size, |scratch| {
-            match Pin::new(&mut self.io).poll_read(cx, scratch) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(n)) => {
-                    let id = self.handle.id();
-                    crate::session::stage_reading(id, &scratch[..n]);
-                    self.deliver(&scratch[..n]);
-                    match crate::session::stage_read_done(id) {
-                        Some((at, len)) => match self.send_lent(&scratch[at..at + len], cx) {
-                            Ok(()) => Poll::Ready(Ok(true)),
-                            Err(e) => Poll::Ready(Err(e)),
-                        },
-                        None => Poll::Ready(Ok(true)),
+            let id = self.handle.id();
+            let n = match Pin::new(&mut self.io).poll_read(cx, scratch) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            crate::session::stage_reading(id, scratch, 0..n);
+            self.deliver(&scratch[..n]);
+            let (mut filled, mut last, mut error) = (n, n, None);
+            while last >= JOIN_READS_FROM
+                && scratch.len() - filled >= JOIN_READS_FROM
+                && matches!(self.phase, Phase::Open)
+                && crate::session::stage_lent_end(id) == Some(filled)
+            {
+                match Pin::new(&mut self.io).poll_read(cx, &mut scratch[filled..]) {
+                    Poll::Ready(Ok(0)) | Poll::Pending => break,
+                    Poll::Ready(Ok(m)) => {
+                        crate::session::stage_reading(id, scratch, filled..filled + m);
+                        self.deliver(&scratch[filled..filled + m]);
+                        (filled, last) = (filled + m, m);
+                    }
+                    // Reported after the replies to what was read.
+                    Poll::Ready(Err(e)) => {
+                        error = Some(e);
+                        break;
                     }
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+            }
+            // Closing without a drain: dropped, as staged messages are.
+            let keep = matches!(self.phase, Phase::Open | Phase::Draining(..));
+            let lens = (keep && self.report).then_some(&mut self.frame_lens);
+            if let Some((at, len)) = crate::session::stage_read_done(id, lens)
+                && keep
+                && let Err(e) = self.send_lent(&scratch[at..at + len], cx)
+            {
+                return Poll::Ready(Err(e));
+            }
+            match error {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Ready(Ok(true)),
             }
         })
     }
@@ -833,6 +858,11 @@ fn poll_discard<T: AsyncRead + Unpin>(io: &mut T, size: usize, cx: &mut Context<
         Poll::Pending => Poll::Pending,
     })
 }
+
+/// A read of this many bytes or more whose replies were all lent is
+/// followed by another into the rest of the buffer, if this much room is
+/// left (see `poll_read_once`).
+const JOIN_READS_FROM: usize = 16 * 1024;
 
 /// Lends `f` this thread's read buffer, at least `size` bytes long.
 fn with_scratch<R>(size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {

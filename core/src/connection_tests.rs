@@ -377,14 +377,20 @@ fn replies_written_in_pieces_from_the_stage_are_each_reported_once_in_order() {
 
 #[test]
 fn large_raw_echoes_sent_from_the_read_buffer_arrive_whole_and_reported() {
-    // Raw replies of 1 KiB and more are written from the read buffer. A
-    // stream that takes at most 700 bytes a write leaves the rest of each,
-    // which must be copied before the buffer is read into again.
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let chunks = split(&data, &[3000, 700, 1024, 5000, 1, 1500]);
+    // Raw replies of 1 KiB and more are written from the read buffer, and
+    // the replies to reads of 16 KiB and more that follow each other there
+    // go out in one write. A stream that takes at most 700 bytes a write
+    // leaves the rest of each, which must be copied before the buffer is
+    // read into again.
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let chunks = split(
+        &data,
+        &[3000, 700, 20_000, 17_000, 1024, 5000, 1, 30_000, 1500],
+    );
     for max_write in [700, usize::MAX] {
         let stream = Chunked::new(chunks.clone()).with_max_write(max_write);
         let written = Arc::clone(&stream.written);
+        let writes = Arc::clone(&stream.writes);
         let log = Log::default();
         let session = Recorder {
             log: log.clone(),
@@ -417,6 +423,16 @@ fn large_raw_echoes_sent_from_the_read_buffer_arrive_whole_and_reported() {
         let (replies, reported) = (pick(false), pick(true));
         assert_eq!(replies, chunks);
         assert!(reported == replies, "on_sent differs from the replies");
+        if max_write == usize::MAX {
+            // 20,000 then 17,000 bytes: read one after the other into the
+            // buffer, answered by one write.
+            let writes = *writes.lock().unwrap();
+            assert!(
+                writes < chunks.len(),
+                "{writes} writes for {} reads",
+                chunks.len()
+            );
+        }
     }
 }
 

@@ -237,12 +237,17 @@ struct Stage {
     track_lens: bool,
     /// The staged frames, end to end; never holds a frame of no bytes.
     buf: BytesMut,
-    /// The addresses of the read being delivered, while it is.
+    /// The address of the engine's read buffer, and the addresses of the
+    /// read being delivered from it, while it is.
+    base: usize,
     reading: Range<usize>,
-    /// A raw message sent back from inside that read, not copied: where it
-    /// sits in the read, and its length (0: none). It goes out before `buf`.
+    /// Raw messages sent back from inside the reads, not copied: where they
+    /// sit in the read buffer, end to end, and their length (0: none). They
+    /// go out before `buf`.
     lent_at: usize,
     lent_len: usize,
+    /// Each lent message's length, if the owner keeps them.
+    lent_lens: Vec<u32>,
     lens: Vec<u32>,
 }
 
@@ -322,16 +327,26 @@ fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
     }
     // A large raw message from the read being delivered (an echo) is not
     // copied: the engine writes it from the read buffer right after the
-    // delivery, or copies it then if it must wait.
+    // delivery, or copies it then if it must wait. One that continues the
+    // lent bytes in the buffer (the echo of a further read) joins them.
     if framing == Framing::Raw
-        && len >= LEND_MIN
-        && staged == 0
+        && stage.buf.is_empty()
         && let [one] = parts
     {
         let at = one.as_ptr() as usize;
         if stage.reading.start <= at && at + len <= stage.reading.end {
-            (stage.lent_at, stage.lent_len) = (at - stage.reading.start, len);
-            return Staged::Yes;
+            let offset = at - stage.base;
+            let first = stage.lent_len == 0 && len >= LEND_MIN;
+            if first || (stage.lent_len > 0 && offset == stage.lent_at + stage.lent_len) {
+                if first {
+                    stage.lent_at = offset;
+                }
+                stage.lent_len += len;
+                if stage.track_lens {
+                    stage.lent_lens.push(len as u32);
+                }
+                return Staged::Yes;
+            }
         }
     }
     if stage.buf.capacity() - stage.buf.len() < len {
@@ -434,12 +449,12 @@ pub(crate) fn stage_return(mut buf: BytesMut, mut lens: Vec<u32>) {
     }
 }
 
-/// Marks `data` as the read being delivered to `id`'s callbacks: until
-/// [`stage_read_done`], a raw message sent from within it may be lent
-/// instead of copied.
+/// Marks `buf[range]` as the read being delivered to `id`'s callbacks,
+/// `buf` being the engine's read buffer: until [`stage_read_done`], a raw
+/// message sent from within it may be lent instead of copied.
 #[inline]
 #[allow(unsafe_code)]
-pub(crate) fn stage_reading(id: SessionId, data: &[u8]) {
+pub(crate) fn stage_reading(id: SessionId, buf: &[u8], range: Range<usize>) {
     let active = ACTIVE.get();
     if active.is_null() {
         return;
@@ -448,18 +463,38 @@ pub(crate) fn stage_reading(id: SessionId, data: &[u8]) {
     // returns.
     let stage = unsafe { &mut *active };
     if stage.owner == Some(id) {
-        let start = data.as_ptr() as usize;
-        stage.reading = start..start + data.len();
+        let base = buf.as_ptr() as usize;
+        stage.base = base;
+        stage.reading = base + range.start..base + range.end;
     }
 }
 
+/// Where the messages lent so far end in the read buffer, if all that is
+/// staged is lent: a further read there can join them.
+#[inline]
+#[allow(unsafe_code)]
+pub(crate) fn stage_lent_end(id: SessionId) -> Option<usize> {
+    let active = ACTIVE.get();
+    if active.is_null() {
+        return None;
+    }
+    // SAFETY: as in `stage_reading`.
+    let stage = unsafe { &*active };
+    (stage.owner == Some(id) && stage.lent_len > 0 && stage.buf.is_empty())
+        .then_some(stage.lent_at + stage.lent_len)
+}
+
 /// Ends the delivery marked by [`stage_reading`]; returns where the lent
-/// message sits in that read (offset, length), if one was lent. It must be
-/// written or copied before the read buffer is used again, and it goes out
+/// messages sit in the read buffer (offset, length), if any were lent, and
+/// moves their lengths to `lens` if given (else drops them). They must be
+/// written or copied before the read buffer is used again, and they go out
 /// before anything else staged.
 #[inline]
 #[allow(unsafe_code)]
-pub(crate) fn stage_read_done(id: SessionId) -> Option<(usize, usize)> {
+pub(crate) fn stage_read_done(
+    id: SessionId,
+    lens: Option<&mut VecDeque<u32>>,
+) -> Option<(usize, usize)> {
     let active = ACTIVE.get();
     if active.is_null() {
         return None;
@@ -470,6 +505,10 @@ pub(crate) fn stage_read_done(id: SessionId) -> Option<(usize, usize)> {
         return None;
     }
     stage.reading = 0..0;
+    if let Some(lens) = lens {
+        lens.extend(stage.lent_lens.iter().copied());
+    }
+    stage.lent_lens.clear();
     let lent = (stage.lent_len > 0).then_some((stage.lent_at, stage.lent_len));
     stage.lent_len = 0;
     lent
@@ -485,6 +524,7 @@ pub(crate) fn stage_end(id: SessionId) {
             stage.buf.clear();
             stage.reading = 0..0;
             stage.lent_len = 0;
+            stage.lent_lens.clear();
         }
     })
 }

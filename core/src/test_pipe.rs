@@ -142,6 +142,8 @@ impl AsyncWrite for End {
 pub(crate) struct Chunked {
     chunks: VecDeque<Vec<u8>>,
     pub(crate) written: Arc<Mutex<Vec<u8>>>,
+    /// How many writes took bytes.
+    pub(crate) writes: Arc<Mutex<usize>>,
     max_write: usize,
 }
 
@@ -150,6 +152,7 @@ impl Chunked {
         Chunked {
             chunks: chunks.into(),
             written: Arc::default(),
+            writes: Arc::default(),
             max_write: usize::MAX,
         }
     }
@@ -188,6 +191,7 @@ impl AsyncWrite for Chunked {
     ) -> Poll<io::Result<usize>> {
         let n = buf.len().min(self.max_write);
         self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        *self.writes.lock().unwrap() += usize::from(n > 0);
         Poll::Ready(Ok(n))
     }
 

@@ -28,6 +28,10 @@ use super::poller::{AsSource, Events, Poller};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 
+/// A read of this many bytes does not mark the socket as emptied, even if
+/// it filled less than the buffer.
+const STREAMING_READ: usize = 16 * 1024;
+
 /// Tasks one turn of a worker runs before it looks at its sockets again.
 const TASKS_PER_TURN: usize = 256;
 
@@ -606,12 +610,13 @@ impl AsyncRead for TcpStream {
         let len = buf.len();
         // A read that filled less than the buffer emptied the socket (as
         // tokio assumes too): the next read waits for the next event
-        // instead of making a syscall only to hear `WouldBlock`.
+        // instead of making a syscall only to hear `WouldBlock`. Except
+        // after a large one: more of a large write is likely on its way.
         self.poll_ready_io(
             cx,
             Direction::Read,
             |socket| sys::recv(socket, buf),
-            |&n| cfg!(target_os = "linux") && n > 0 && n < len,
+            |&n| cfg!(target_os = "linux") && n > 0 && n < len && n < STREAMING_READ,
         )
     }
 }
