@@ -284,10 +284,11 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// written.
     fn write_staged(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
         let shared = &self.handle.shared;
+        let id = shared.id;
         if !self.inflight.is_empty() || shared.outbox_len.load(Ordering::Acquire) != 0 {
             return Ok(false);
         }
-        let Some((mut buf, lens)) = crate::session::stage_lend(shared.id) else {
+        let Some((mut buf, lens)) = crate::session::stage_lend(id) else {
             return Ok(false);
         };
         let written = match Pin::new(&mut self.io).poll_write(cx, &buf) {
@@ -300,7 +301,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let n = match written {
             Ok(n) => n,
             Err(e) => {
-                crate::session::stage_return(buf, lens);
+                crate::session::stage_return(id, buf, lens);
                 return Err(e);
             }
         };
@@ -317,7 +318,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.inflight.push_back(buf.split().freeze());
             self.advance(n);
         }
-        crate::session::stage_return(buf, lens);
+        crate::session::stage_return(id, buf, lens);
         Ok(n > 0)
     }
 
@@ -457,6 +458,11 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };
+            // Only raw messages are lent (see `try_stage`).
+            if self.framing != Framing::Raw {
+                self.deliver(&scratch[..n]);
+                return Poll::Ready(Ok(true));
+            }
             crate::session::stage_reading(id, scratch, 0..n);
             self.deliver(&scratch[..n]);
             let (mut filled, mut last, mut error) = (n, n, None);

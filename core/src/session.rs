@@ -384,24 +384,32 @@ pub(crate) fn stage_begin(id: SessionId, track_lens: bool) -> bool {
     })
 }
 
-/// Hands what `id` has staged to `take` (the chunk, and the frame lengths
-/// if tracked), if anything. `take` must not send.
+/// Runs `f` on this thread's stage if `id`'s engine holds it. `f` is the
+/// engine's own code and runs no user code, so no other reference to the
+/// stage is made while its reference lives.
 #[inline]
 #[allow(unsafe_code)]
-pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>)) {
+fn with_held_stage<R>(id: SessionId, f: impl FnOnce(&mut Stage) -> R) -> Option<R> {
     let active = ACTIVE.get();
     if active.is_null() {
         // No engine holds the stage, so nothing is staged for `id`.
-        return;
+        return None;
     }
-    // SAFETY: as in `try_stage`; `take` is the engine's own code and sends
-    // nothing, so no other reference to the stage is made while this lives.
+    // SAFETY: as in `try_stage`; this reference ends when `f` returns.
     let stage = unsafe { &mut *active };
-    if stage.owner != Some(id) || stage.buf.is_empty() {
-        return;
-    }
-    take(stage.buf.split().freeze(), &mut stage.lens);
-    stage.lens.clear();
+    (stage.owner == Some(id)).then(|| f(stage))
+}
+
+/// Hands what `id` has staged to `take` (the chunk, and the frame lengths
+/// if tracked), if anything. `take` must not send.
+#[inline]
+pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>)) {
+    with_held_stage(id, |stage| {
+        if !stage.buf.is_empty() {
+            take(stage.buf.split().freeze(), &mut stage.lens);
+            stage.lens.clear();
+        }
+    });
 }
 
 /// Lends what `id`'s callbacks staged on this thread (the frames end to end
@@ -409,79 +417,55 @@ pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>))
 /// from this buffer when nothing else waits to be written, and gives the
 /// buffer back with [`stage_return`] so the next batch reuses its memory.
 #[inline]
-#[allow(unsafe_code)]
 pub(crate) fn stage_lend(id: SessionId) -> Option<(BytesMut, Vec<u32>)> {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return None;
-    }
-    // SAFETY: as in `try_stage`; this reference ends before the function
-    // returns.
-    let stage = unsafe { &mut *active };
-    if stage.owner != Some(id) || stage.buf.is_empty() {
-        return None;
-    }
-    Some((
-        std::mem::take(&mut stage.buf),
-        std::mem::take(&mut stage.lens),
-    ))
+    with_held_stage(id, |stage| {
+        (!stage.buf.is_empty()).then(|| {
+            (
+                std::mem::take(&mut stage.buf),
+                std::mem::take(&mut stage.lens),
+            )
+        })
+    })
+    .flatten()
 }
 
 /// Gives back a buffer lent by [`stage_lend`], emptied; kept for the next
 /// batch unless the stage took a new one meanwhile or it grew too large to
 /// keep.
 #[inline]
-#[allow(unsafe_code)]
-pub(crate) fn stage_return(mut buf: BytesMut, mut lens: Vec<u32>) {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return;
-    }
-    // SAFETY: as in `stage_lend`.
-    let stage = unsafe { &mut *active };
-    if stage.buf.capacity() == 0 && buf.capacity() <= MAX_KEPT_CHUNK {
-        buf.clear();
-        stage.buf = buf;
-    }
-    if stage.lens.capacity() == 0 {
-        lens.clear();
-        stage.lens = lens;
-    }
+pub(crate) fn stage_return(id: SessionId, mut buf: BytesMut, mut lens: Vec<u32>) {
+    with_held_stage(id, |stage| {
+        if stage.buf.capacity() == 0 && buf.capacity() <= MAX_KEPT_CHUNK {
+            buf.clear();
+            stage.buf = buf;
+        }
+        if stage.lens.capacity() == 0 {
+            lens.clear();
+            stage.lens = lens;
+        }
+    });
 }
 
 /// Marks `buf[range]` as the read being delivered to `id`'s callbacks,
 /// `buf` being the engine's read buffer: until [`stage_read_done`], a raw
 /// message sent from within it may be lent instead of copied.
 #[inline]
-#[allow(unsafe_code)]
 pub(crate) fn stage_reading(id: SessionId, buf: &[u8], range: Range<usize>) {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return;
-    }
-    // SAFETY: as in `try_stage`; this reference ends before the function
-    // returns.
-    let stage = unsafe { &mut *active };
-    if stage.owner == Some(id) {
+    with_held_stage(id, |stage| {
         let base = buf.as_ptr() as usize;
         stage.base = base;
         stage.reading = base + range.start..base + range.end;
-    }
+    });
 }
 
 /// Where the messages lent so far end in the read buffer, if all that is
 /// staged is lent: a further read there can join them.
 #[inline]
-#[allow(unsafe_code)]
 pub(crate) fn stage_lent_end(id: SessionId) -> Option<usize> {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return None;
-    }
-    // SAFETY: as in `stage_reading`.
-    let stage = unsafe { &*active };
-    (stage.owner == Some(id) && stage.lent_len > 0 && stage.buf.is_empty())
-        .then_some(stage.lent_at + stage.lent_len)
+    with_held_stage(id, |stage| {
+        (stage.lent_len > 0 && stage.buf.is_empty()).then_some(stage.lent_at + stage.lent_len)
+    })
+    .flatten()
 }
 
 /// Ends the delivery marked by [`stage_reading`]; returns where the lent
@@ -490,28 +474,21 @@ pub(crate) fn stage_lent_end(id: SessionId) -> Option<usize> {
 /// written or copied before the read buffer is used again, and they go out
 /// before anything else staged.
 #[inline]
-#[allow(unsafe_code)]
 pub(crate) fn stage_read_done(
     id: SessionId,
     lens: Option<&mut VecDeque<u32>>,
 ) -> Option<(usize, usize)> {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return None;
-    }
-    // SAFETY: as in `stage_reading`.
-    let stage = unsafe { &mut *active };
-    if stage.owner != Some(id) {
-        return None;
-    }
-    stage.reading = 0..0;
-    if let Some(lens) = lens {
-        lens.extend(stage.lent_lens.iter().copied());
-    }
-    stage.lent_lens.clear();
-    let lent = (stage.lent_len > 0).then_some((stage.lent_at, stage.lent_len));
-    stage.lent_len = 0;
-    lent
+    with_held_stage(id, |stage| {
+        stage.reading = 0..0;
+        if let Some(lens) = lens {
+            lens.extend(stage.lent_lens.iter().copied());
+        }
+        stage.lent_lens.clear();
+        let lent = (stage.lent_len > 0).then_some((stage.lent_at, stage.lent_len));
+        stage.lent_len = 0;
+        lent
+    })
+    .flatten()
 }
 
 /// Ends `id`'s hold on the stage; anything still staged is dropped.
