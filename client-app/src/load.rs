@@ -389,14 +389,17 @@ impl MessageMaker {
         self.size + self.framing.overhead()
     }
 
+    /// `conn` and `seq` in hex, 8 and 16 digits, as three words of eight
+    /// digits each (see [`hex8`]).
+    fn hex_words(conn: u32, seq: u64) -> [u64; 3] {
+        [hex8(conn), hex8((seq >> 32) as u32), hex8(seq as u32)]
+    }
+
     /// `conn` and `seq` in hex, 8 and 16 digits.
     fn hex(conn: u32, seq: u64) -> [u8; Self::HEADER] {
         let mut hex = [0u8; Self::HEADER];
-        for (i, byte) in conn.to_be_bytes().into_iter().enumerate() {
-            hex[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-        }
-        for (i, byte) in seq.to_be_bytes().into_iter().enumerate() {
-            hex[8 + 2 * i..10 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+        for (digits, word) in hex.chunks_exact_mut(8).zip(Self::hex_words(conn, seq)) {
+            digits.copy_from_slice(&word.to_le_bytes());
         }
         hex
     }
@@ -455,18 +458,18 @@ impl MessageMaker {
                 0
             };
             let header_ok = lp == 0 || data[..2] == ((self.size + 2) as u16).to_le_bytes();
-            let hex: &[u8; Self::HEADER] = data[lp..lp + Self::HEADER]
-                .try_into()
-                .expect("a slice of the header's length");
+            // The digits compared as words, in registers: building them in
+            // memory and reading them back stalled on store forwarding
+            // (`perf annotate`: 13% of the generator's own time).
+            let word =
+                |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("eight bytes"));
+            let [a, b, c] = Self::hex_words(conn, seq);
+            let hex_ok = word(lp) == a && word(lp + 8) == b && word(lp + 16) == c;
             let start = (seq % 26) as usize;
             let filler = &self.pattern[start..start + self.size - Self::HEADER];
             let end = lp + self.size;
             let tail_ok = self.framing != Framing::Lines || data[end] == b'\n';
-            if header_ok
-                && *hex == Self::hex(conn, seq)
-                && data[lp + Self::HEADER..end] == *filler
-                && tail_ok
-            {
+            if header_ok && hex_ok && data[lp + Self::HEADER..end] == *filler && tail_ok {
                 return self.wire_len();
             }
         }
@@ -496,17 +499,21 @@ impl MessageMaker {
     }
 }
 
-/// The two lowercase hex digits of every byte.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
-        i += 1;
-    }
-    table
-};
+/// The eight lowercase hex digits of `x`, most significant first, as the
+/// word whose little-endian bytes they are: computed in a register, a few
+/// shifts and masks, with no table and no store per digit.
+fn hex8(x: u32) -> u64 {
+    // One nibble per byte, the lowest nibble in the lowest byte.
+    let mut v = u64::from(x);
+    v = ((v & 0xffff_0000) << 16) | (v & 0xffff);
+    v = ((v & 0x0000_ff00_0000_ff00) << 8) | (v & 0x0000_00ff_0000_00ff);
+    v = ((v & 0x00f0_00f0_00f0_00f0) << 4) | (v & 0x000f_000f_000f_000f);
+    // Digits past 9 get 'a' - '0' - 10 = 39 more.
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    let ascii = v + 0x3030_3030_3030_3030 + letters * 39;
+    // The most significant digit first in memory.
+    ascii.swap_bytes()
+}
 
 /// Round-trip times in a fixed log-linear histogram: 128 linear steps per
 /// power of two, so any value is known within 1 %.
@@ -1188,6 +1195,19 @@ mod tests {
             let mid = Histogram::value_at(i);
             assert!(mid.abs_diff(v) <= v / 64 + 1, "{v} -> {mid}");
         }
+    }
+
+    #[test]
+    fn hex_digits_match_format() {
+        for x in [0u32, 1, 9, 10, 15, 16, 0x1234_abcd, 0x9a9a_f0f0, u32::MAX] {
+            assert_eq!(
+                hex8(x).to_le_bytes(),
+                *format!("{x:08x}").as_bytes(),
+                "{x:#x}"
+            );
+        }
+        let hex = MessageMaker::hex(0xdead_beef, 0x0123_4567_89ab_cdef);
+        assert_eq!(&hex, b"deadbeef0123456789abcdef");
     }
 
     #[test]
