@@ -419,9 +419,6 @@ impl MessageMaker {
             prefix[..2].copy_from_slice(&((self.size + 2) as u16).to_le_bytes());
             len = 2;
         }
-        // Two hex digits per byte from a table: the load generator shares
-        // the machine with the server it measures, so it keeps its own
-        // per-message work small.
         prefix[len..len + Self::HEADER].copy_from_slice(&Self::hex(conn, seq));
         let head = self.size.min(Self::HEADER);
         let start = (seq % 26) as usize;
@@ -474,16 +471,8 @@ impl MessageMaker {
             }
         }
         let mut prefix = [0u8; 2 + Self::HEADER];
-        let parts = self.parts(conn, seq, &mut prefix);
-        let mut skip = from;
         let mut matched = 0;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            let want = &part[skip..];
-            skip = 0;
+        for want in skip_bytes(self.parts(conn, seq, &mut prefix), from) {
             let n = want.len().min(data.len() - matched);
             let got = &data[matched..matched + n];
             if got != &want[..n] {
@@ -497,6 +486,15 @@ impl MessageMaker {
         }
         matched
     }
+}
+
+/// `parts` without their first `skip` bytes, leaving out those emptied.
+fn skip_bytes(parts: [&[u8]; 3], mut skip: usize) -> impl Iterator<Item = &[u8]> {
+    parts.into_iter().filter_map(move |part| {
+        let rest = part.get(skip..).unwrap_or_default();
+        skip = skip.saturating_sub(part.len());
+        (!rest.is_empty()).then_some(rest)
+    })
 }
 
 /// The eight lowercase hex digits of `x`, most significant first, as the
@@ -1040,19 +1038,18 @@ mod imp {
             const BATCH: usize = 16;
             while !c.unsent.is_empty() {
                 let mut prefixes = [[0u8; 2 + MessageMaker::HEADER]; BATCH];
-                let mut slices = Vec::with_capacity(3 * BATCH);
+                let mut slices = [io::IoSlice::new(&[]); 3 * BATCH];
+                let mut count = 0;
+                // The first message may be partly written already.
                 let mut skip = c.unsent_off;
                 for (prefix, &seq) in prefixes.iter_mut().zip(c.unsent.iter()) {
-                    for part in self.maker.parts(c.id, seq, prefix) {
-                        if skip >= part.len() {
-                            skip -= part.len();
-                        } else {
-                            slices.push(io::IoSlice::new(&part[skip..]));
-                            skip = 0;
-                        }
+                    for part in skip_bytes(self.maker.parts(c.id, seq, prefix), skip) {
+                        slices[count] = io::IoSlice::new(part);
+                        count += 1;
                     }
+                    skip = 0;
                 }
-                match (&c.stream).write_vectored(&slices) {
+                match (&c.stream).write_vectored(&slices[..count]) {
                     Ok(0) => {
                         self.fail(c, Failure::Broken);
                         return false;

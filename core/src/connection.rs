@@ -277,79 +277,70 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     }
 
     /// Writes what this session's callbacks staged straight from the
-    /// thread's stage buffer when nothing is queued ahead of it: the common
-    /// case of a reply to a read, with no chunk cut, queued, counted and
-    /// dropped, and the same warm buffer for every batch. What the socket
-    /// does not take is queued as usual. Returns whether anything was
-    /// written.
+    /// thread's stage buffer: the common case of a reply to a read, with no
+    /// chunk cut, queued, counted and dropped, and the same warm buffer for
+    /// every batch. Returns whether anything was written.
     fn write_staged(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
-        let shared = &self.handle.shared;
-        let id = shared.id;
-        if !self.inflight.is_empty() || shared.outbox_len.load(Ordering::Acquire) != 0 {
-            return Ok(false);
-        }
+        let id = self.handle.id();
         let Some((mut buf, lens)) = crate::session::stage_lend(id) else {
             return Ok(false);
-        };
-        let written = match Pin::new(&mut self.io).poll_write(cx, &buf) {
-            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
-            Poll::Ready(Ok(n)) => Ok(n),
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Ok(0),
-        };
-        let n = match written {
-            Ok(n) => n,
-            Err(e) => {
-                crate::session::stage_return(id, buf, lens);
-                return Err(e);
-            }
         };
         if self.report {
             self.frame_lens.extend(lens.iter().copied());
         }
-        if n == buf.len() {
-            if self.report {
-                self.report_sent(&buf, 0, n);
-            }
-        } else {
-            // The rest waits in the queue, as if it had been taken there.
-            shared.queued.fetch_add(buf.len() - n, Ordering::AcqRel);
-            self.inflight.push_back(buf.split().freeze());
-            self.advance(n);
+        let written = self.write_direct(&buf, cx);
+        if let Ok(n) = written
+            && n < buf.len()
+        {
+            self.queue_rest(buf.split().freeze(), n);
         }
         crate::session::stage_return(id, buf, lens);
-        Ok(n > 0)
+        written.map(|n| n > 0)
     }
 
     /// Sends the raw messages that callbacks sent back from the reads they
     /// came in, which the stage lent instead of copying (an echo; their
-    /// lengths are already in `frame_lens`): written from the read buffer
-    /// now when nothing waits ahead of them, and whatever the socket does
-    /// not take is copied to the queue, as the buffer is about to be reused.
-    /// They go before anything else staged.
+    /// lengths are already in `frame_lens`). What the socket does not take
+    /// now is copied to the queue, as the read buffer is about to be reused.
     fn send_lent(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
-        let shared = &self.handle.shared;
-        let mut n = 0;
-        if self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0 {
-            n = match Pin::new(&mut self.io).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => 0,
-            };
+        let n = self.write_direct(bytes, cx)?;
+        if n < bytes.len() {
+            self.queue_rest(Bytes::copy_from_slice(bytes), n);
         }
-        if n == bytes.len() {
-            if self.report {
-                self.report_sent(bytes, 0, n);
-            }
-            return Ok(());
-        }
-        shared.queued.fetch_add(bytes.len() - n, Ordering::AcqRel);
-        self.inflight.push_back(Bytes::copy_from_slice(bytes));
-        self.advance(n);
         Ok(())
+    }
+
+    /// Writes `bytes` (whole frames whose lengths are already in
+    /// `frame_lens`) to the socket now if nothing is queued ahead of them,
+    /// and reports them to `on_sent` if they all went out. Returns how many
+    /// bytes went out; the caller queues the rest with `queue_rest`.
+    fn write_direct(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<usize> {
+        let shared = &self.handle.shared;
+        if !self.inflight.is_empty() || shared.outbox_len.load(Ordering::Acquire) != 0 {
+            return Ok(0);
+        }
+        let n = match Pin::new(&mut self.io).poll_write(cx, bytes) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => 0,
+        };
+        if n == bytes.len() && self.report {
+            self.report_sent(bytes, 0, n);
+        }
+        Ok(n)
+    }
+
+    /// Queues `chunk`, of which `write_direct` wrote the first `written`
+    /// bytes, behind the frames in flight (ahead of the outbox).
+    fn queue_rest(&mut self, chunk: Bytes, written: usize) {
+        let shared = &self.handle.shared;
+        shared
+            .queued
+            .fetch_add(chunk.len() - written, Ordering::AcqRel);
+        self.inflight.push_back(chunk);
+        self.advance(written);
     }
 
     /// Writes queued frames until the queue is empty or the socket is full.
@@ -867,8 +858,9 @@ fn poll_discard<T: AsyncRead + Unpin>(io: &mut T, size: usize, cx: &mut Context<
 
 /// A read of this many bytes or more whose replies were all lent is
 /// followed by another into the rest of the buffer, if this much room is
-/// left (see `poll_read_once`).
-const JOIN_READS_FROM: usize = 16 * 1024;
+/// left (see `poll_read_once`). The runtime's own threshold: after a
+/// smaller read it skips the next one as the socket is likely empty.
+const JOIN_READS_FROM: usize = rt::STREAMING_READ;
 
 /// Lends `f` this thread's read buffer, at least `size` bytes long.
 fn with_scratch<R>(size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {

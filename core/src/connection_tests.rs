@@ -70,15 +70,24 @@ fn addr() -> SocketAddr {
     "127.0.0.1:1".parse().unwrap()
 }
 
+/// The messages `on_received` was given, in order.
 fn received(log: &Log) -> Vec<Vec<u8>> {
-    log.lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            Event::Received(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
+    logged(log, |e| match e {
+        Event::Received(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+/// The payloads `on_sent` reported, in order.
+fn sent(log: &Log) -> Vec<Vec<u8>> {
+    logged(log, |e| match e {
+        Event::Sent(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+fn logged(log: &Log, pick: impl Fn(&Event) -> Option<Vec<u8>>) -> Vec<Vec<u8>> {
+    log.lock().unwrap().iter().filter_map(pick).collect()
 }
 
 fn encode_all(framing: Framing, payloads: &[Vec<u8>]) -> Vec<u8> {
@@ -273,15 +282,7 @@ fn on_sent_reports_each_payload_in_order_and_disconnect_flushes_first() {
         assert_eq!(got, encode_all(Framing::Lines, &messages));
         assert!(matches!(task.await, DisconnectReason::LocalClose));
     });
-    let sent: Vec<Vec<u8>> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            Event::Sent(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect();
+    let sent = sent(&log);
     assert_eq!(sent, messages);
 }
 
@@ -363,15 +364,7 @@ fn replies_written_in_pieces_from_the_stage_are_each_reported_once_in_order() {
         handle.disconnect();
         assert!(matches!(task.await, DisconnectReason::LocalClose));
     });
-    let sent: Vec<Vec<u8>> = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            Event::Sent(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect();
+    let sent = sent(&log);
     assert_eq!(sent, requests);
 }
 
@@ -409,18 +402,7 @@ fn large_raw_echoes_sent_from_the_read_buffer_arrive_whole_and_reported() {
             "the echo differs from what was sent (max_write {max_write})"
         );
         // Each reply reported once, in order, whole.
-        let events = log.lock().unwrap().clone();
-        let pick = |sent: bool| -> Vec<Vec<u8>> {
-            events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Received(m) if !sent => Some(m.clone()),
-                    Event::Sent(m) if sent => Some(m.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
-        let (replies, reported) = (pick(false), pick(true));
+        let (replies, reported) = (received(&log), sent(&log));
         assert_eq!(replies, chunks);
         assert!(reported == replies, "on_sent differs from the replies");
         if max_write == usize::MAX {

@@ -29,8 +29,9 @@ use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 
 /// A read of this many bytes does not mark the socket as emptied, even if
-/// it filled less than the buffer.
-const STREAMING_READ: usize = 16 * 1024;
+/// it filled less than the buffer: more of a large write is likely on its
+/// way, and the next read tries (the engine's joined reads count on it).
+pub(crate) const STREAMING_READ: usize = 16 * 1024;
 
 /// Tasks one turn of a worker runs before it looks at its sockets again.
 const TASKS_PER_TURN: usize = 256;
