@@ -9,9 +9,8 @@
 //! in-memory pipes as well as sockets.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -20,19 +19,17 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::io::{AsyncRead, AsyncWrite};
 
 use crate::config::SessionConfig;
 use crate::framing::{FrameError, Framing};
 use crate::rt;
+use crate::send_queue::Outgoing;
 use crate::session::{
     CLOSE_ENGINE, CLOSE_LOCAL, CLOSE_SHUTDOWN, CLOSE_SLOW, DisconnectReason, OPEN, Session,
     SessionHandle,
 };
 
-/// Frames handed to one vectored write at most.
-const MAX_IOVECS: usize = 64;
 /// Reads one wake-up may do before it yields to other tasks.
 const READS_PER_POLL: usize = 16;
 /// A lingering close ends once a peer that was still sending has sent
@@ -88,68 +85,99 @@ where
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handle = SessionHandle::new(peer, local, config);
+    let handle = SessionHandle::new(peer, local, config, session.wants_on_sent());
     let engine = Engine::new(io, handle.clone(), config, session);
     (handle, engine)
 }
 
-/// Where the engine is in the life of its connection.
+/// Where the engine is in the life of its connection. Each phase holds
+/// what only it needs.
 enum Phase {
     /// Reading and writing.
     Open,
     /// No more reading; writing what is queued until it is all out or the
     /// deadline passes.
-    Draining(DisconnectReason, Instant, rt::Timer),
-    /// Closing the write side of the stream; then, until the instant given
-    /// (the drain deadline), reading and discarding what the peer has sent
-    /// (a "lingering close"): until nothing waits if it had sent nothing
-    /// more, else until its end of stream or a quiet spell. Closing a socket
-    /// with unread input makes the kernel reset the connection and drop the
-    /// replies still in its send buffer.
-    Closing(DisconnectReason, Option<Instant>),
-    /// The write side is closed; discarding input as `Closing` says, until
-    /// the first timer (the drain deadline) fires at the latest, or the
-    /// second (quiet for [`LINGER_QUIET`]) once the peer has sent anything.
-    Lingering(DisconnectReason, rt::Timer, rt::Timer),
+    Draining {
+        reason: DisconnectReason,
+        deadline: Instant,
+        timer: rt::Timer,
+    },
+    /// Closing the write side of the stream; then, until `linger_until`
+    /// (the drain deadline), discarding what the peer still sends (see
+    /// [`Linger`]).
+    Closing {
+        reason: DisconnectReason,
+        linger_until: Option<Instant>,
+    },
+    /// The write side is closed; discarding input.
+    Lingering(Linger),
     /// `on_disconnected` has run.
     Done,
 }
 
-struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
-    io: T,
-    session: S,
-    handle: SessionHandle,
+/// A "lingering close": closing a socket with unread input makes the
+/// kernel reset the connection and drop the replies still in its send
+/// buffer, so after closing its write side the engine reads and discards
+/// what the peer sends: until nothing waits if it had sent nothing more,
+/// else until its end of stream or a quiet spell, and never past the drain
+/// deadline.
+struct Linger {
+    reason: DisconnectReason,
+    deadline: rt::Timer,
+    /// Fires once the peer has been quiet for [`LINGER_QUIET`].
+    quiet: rt::Timer,
+    /// Bytes the peer sent were read and dropped.
+    discarded: bool,
+    /// The runtime had a turn after a read found nothing.
+    settled: bool,
+}
+
+/// What one phase's step asks of the loop in [`Engine::poll_engine`].
+enum Step {
+    /// Go round again (the phase changed, or there is more to do).
+    Again,
+    /// Nothing to do until a wake-up.
+    Wait,
+    /// Let the thread's other tasks have a turn, then come back.
+    Yield,
+    /// The connection is over.
+    Done(DisconnectReason),
+}
+
+/// The limits the engine reads on its hot path.
+struct Limits {
     framing: Framing,
     max_frame_len: usize,
     read_buffer_size: usize,
     high_watermark: usize,
     low_watermark: usize,
     drain_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    idle_timer: Option<rt::Timer>,
+}
+
+/// The idle timeout: a timer armed lazily and re-armed only when it fires
+/// early, so activity costs a clock read and nothing more.
+struct Idle {
+    timeout: Duration,
     last_activity: Instant,
+    timer: Option<rt::Timer>,
+}
+
+struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
+    io: T,
+    session: S,
+    handle: SessionHandle,
+    limits: Limits,
+    idle: Option<Idle>,
     /// Bytes of a frame that began in an earlier read.
     pending: Vec<u8>,
-    /// Chunks of whole frames taken from the outbox and the stage, in
-    /// order; the first may be partly written.
-    inflight: VecDeque<Bytes>,
-    /// The length of every frame in `inflight`, in order, if `on_sent` is
-    /// wanted.
-    frame_lens: VecDeque<u32>,
+    /// Frames taken from the outbox, being written.
+    out: Outgoing,
     /// The session wants `on_sent`.
     report: bool,
-    /// Bytes of `inflight[0]` already written.
-    written: usize,
-    /// Bytes of `inflight[0]` already reported to `on_sent`.
-    reported: usize,
     /// False while back-pressure holds reading.
     reading: bool,
     /// The peer's end of stream has been read.
     saw_eof: bool,
-    /// Lingering has read and dropped bytes the peer sent.
-    discarded: bool,
-    /// Lingering has let the runtime take a turn after finding nothing.
-    settled: bool,
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
@@ -161,30 +189,28 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Unpin for Engine<S, T> {}
 
 impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     fn new(io: T, handle: SessionHandle, config: &SessionConfig, session: S) -> Self {
-        let report = session.wants_on_sent();
         Engine {
             io,
+            report: handle.shared.track_lens,
             session,
             handle,
-            framing: config.framing,
-            max_frame_len: config.max_frame_len,
-            read_buffer_size: config.read_buffer_size,
-            high_watermark: config.send_high_watermark,
-            low_watermark: config.send_low_watermark,
-            drain_timeout: config.drain_timeout,
-            idle_timeout: config.idle_timeout,
-            idle_timer: None,
-            last_activity: Instant::now(),
+            limits: Limits {
+                framing: config.framing,
+                max_frame_len: config.max_frame_len,
+                read_buffer_size: config.read_buffer_size,
+                high_watermark: config.send_high_watermark,
+                low_watermark: config.send_low_watermark,
+                drain_timeout: config.drain_timeout,
+            },
+            idle: config.idle_timeout.map(|timeout| Idle {
+                timeout,
+                last_activity: Instant::now(),
+                timer: None,
+            }),
             pending: Vec::new(),
-            inflight: VecDeque::new(),
-            frame_lens: VecDeque::new(),
-            report,
-            written: 0,
-            reported: 0,
+            out: Outgoing::default(),
             reading: true,
             saw_eof: false,
-            discarded: false,
-            settled: false,
             started: false,
             poisoned: false,
             phase: Phase::Open,
@@ -202,16 +228,22 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             Ok(result) => result,
             Err(payload) => {
                 self.poisoned = true;
-                let message = panic_message(payload.as_ref());
-                log::error!(
-                    "session {} ({}): callback panicked: {message}",
-                    self.handle.id(),
-                    self.handle.peer_addr()
-                );
-                self.begin_close(DisconnectReason::Panicked(message), true);
+                self.panicked(panic_message(payload.as_ref()));
                 R::default()
             }
         }
+    }
+
+    /// A callback panicked with `message`: the session closes, draining
+    /// what it queued before.
+    #[cold]
+    fn panicked(&mut self, message: String) {
+        log::error!(
+            "session {} ({}): callback panicked: {message}",
+            self.handle.id(),
+            self.handle.peer_addr()
+        );
+        self.begin_close(DisconnectReason::Panicked(message), true);
     }
 
     /// Stops reading and, if `drain`, writes what is queued before closing.
@@ -219,22 +251,28 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
-        let _ = self.handle.shared.state.compare_exchange(
-            OPEN,
-            CLOSE_ENGINE,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        // From now on sends are refused (a requested close has been read).
+        self.handle
+            .shared
+            .state
+            .store(CLOSE_ENGINE, Ordering::SeqCst);
         log::debug!(
             "session {} ({}): closing: {reason}",
             self.handle.id(),
             self.handle.peer_addr()
         );
         self.phase = if drain {
-            let deadline = Instant::now() + self.drain_timeout;
-            Phase::Draining(reason, deadline, rt::timer_at(deadline))
+            let deadline = Instant::now() + self.limits.drain_timeout;
+            Phase::Draining {
+                reason,
+                deadline,
+                timer: rt::timer_at(deadline),
+            }
         } else {
-            Phase::Closing(reason, None)
+            Phase::Closing {
+                reason,
+                linger_until: None,
+            }
         };
     }
 
@@ -251,243 +289,91 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
-    /// Moves what this session's callbacks staged on this thread, then what
-    /// waits in the outbox, behind the frames already in flight.
+    /// Moves what waits in the outbox behind the frames being written.
+    /// Takes the lock only when there is something to move.
     #[inline]
-    fn take_queued(&mut self) {
+    fn take_outbox(&mut self) {
         let shared = &self.handle.shared;
-        let (inflight, frame_lens, report) =
-            (&mut self.inflight, &mut self.frame_lens, self.report);
-        crate::session::stage_take(shared.id, |chunk, lens| {
-            shared.queued.fetch_add(chunk.len(), Ordering::AcqRel);
-            inflight.push_back(chunk);
-            frame_lens.extend(lens.iter().copied());
-        });
-        if shared.outbox_len.load(Ordering::Acquire) == 0 {
+        if !shared.has_outbox.load(Ordering::Acquire) {
             return;
         }
         let mut outbox = shared.lock_outbox();
-        for frame in outbox.drain(..) {
-            if report {
-                frame_lens.push_back(frame.len() as u32);
-            }
-            inflight.push_back(frame);
-        }
-        shared.outbox_len.store(0, Ordering::Release);
-    }
-
-    /// Writes what this session's callbacks staged straight from the
-    /// thread's stage buffer: the common case of a reply to a read, with no
-    /// chunk cut, queued, counted and dropped, and the same warm buffer for
-    /// every batch. Returns whether anything was written.
-    fn write_staged(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
-        let id = self.handle.id();
-        let Some((mut buf, lens)) = crate::session::stage_lend(id) else {
-            return Ok(false);
-        };
-        if self.report {
-            self.frame_lens.extend(lens.iter().copied());
-        }
-        let written = self.write_direct(&buf, cx);
-        if let Ok(n) = written
-            && n < buf.len()
-        {
-            self.queue_rest(buf.split().freeze(), n);
-        }
-        crate::session::stage_return(id, buf, lens);
-        written.map(|n| n > 0)
-    }
-
-    /// Sends the raw messages that callbacks sent back from the reads they
-    /// came in, which the stage lent instead of copying (an echo; their
-    /// lengths are already in `frame_lens`). What the socket does not take
-    /// now is copied to the queue, as the read buffer is about to be reused.
-    fn send_lent(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
-        let n = self.write_direct(bytes, cx)?;
-        if n < bytes.len() {
-            self.queue_rest(Bytes::copy_from_slice(bytes), n);
-        }
-        Ok(())
-    }
-
-    /// Writes `bytes` (whole frames whose lengths are already in
-    /// `frame_lens`) to the socket now if nothing is queued ahead of them,
-    /// and reports them to `on_sent` if they all went out. Returns how many
-    /// bytes went out; the caller queues the rest with `queue_rest`.
-    fn write_direct(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<usize> {
-        let shared = &self.handle.shared;
-        if !self.inflight.is_empty() || shared.outbox_len.load(Ordering::Acquire) != 0 {
-            return Ok(0);
-        }
-        let n = match Pin::new(&mut self.io).poll_write(cx, bytes) {
-            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => 0,
-        };
-        if n == bytes.len() && self.report {
-            self.report_sent(bytes, 0, n);
-        }
-        Ok(n)
-    }
-
-    /// Queues `chunk`, of which `write_direct` wrote the first `written`
-    /// bytes, behind the frames in flight (ahead of the outbox).
-    fn queue_rest(&mut self, chunk: Bytes, written: usize) {
-        let shared = &self.handle.shared;
-        shared
-            .queued
-            .fetch_add(chunk.len() - written, Ordering::AcqRel);
-        self.inflight.push_back(chunk);
-        self.advance(written);
+        self.out.queue.append(&mut outbox.queue);
+        outbox.queue.shrink_if_empty();
+        shared.has_outbox.store(false, Ordering::Release);
     }
 
     /// Writes queued frames until the queue is empty or the socket is full.
     /// Returns whether anything was written.
-    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
-        let mut progress = self.write_staged(cx)?;
+    fn write_queue(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let mut progress = false;
         loop {
-            self.take_queued();
-            if self.inflight.is_empty() {
-                if progress {
-                    // Streams that buffer (not sockets) need a flush to move.
-                    let _ = Pin::new(&mut self.io).poll_flush(cx)?;
-                }
-                return Ok(progress);
+            self.take_outbox();
+            if self.out.is_empty() {
+                break;
             }
-            let io = Pin::new(&mut self.io);
-            let written = if self.inflight.len() == 1 {
-                // The common case, one chunk: a plain write.
-                io.poll_write(cx, &self.inflight[0][self.written..])
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (i, chunk) in self.inflight.iter().take(MAX_IOVECS).enumerate() {
-                    let start = if i == 0 { self.written } else { 0 };
-                    slices[i] = IoSlice::new(&chunk[start..]);
-                    count += 1;
-                }
-                io.poll_write_vectored(cx, &slices[..count])
-            };
-            let n = match written {
+            let n = match self.out.poll_write(&mut self.io, cx) {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(progress),
+                Poll::Pending => break,
             };
             progress = true;
             self.handle.shared.queued.fetch_sub(n, Ordering::AcqRel);
             self.advance(n);
         }
+        if progress {
+            // Streams that buffer (not sockets) need a flush to move.
+            let _ = Pin::new(&mut self.io).poll_flush(cx)?;
+            let shared = &self.handle.shared;
+            if shared.queued.load(Ordering::Acquire) <= self.limits.low_watermark {
+                shared.wake_waiters();
+            }
+        }
+        Ok(progress)
     }
 
     /// Marks `n` bytes written and reports every frame now wholly written.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let chunk_len = self.inflight[0].len();
-            let step = n.min(chunk_len - self.written);
-            self.written += step;
-            n -= step;
-            if self.written == chunk_len {
-                let chunk = self
-                    .inflight
-                    .pop_front()
-                    .expect("written bytes belong to a queued chunk");
-                let from = std::mem::take(&mut self.reported);
-                self.written = 0;
-                if self.report {
-                    self.report_sent(&chunk, from, chunk_len);
-                }
-            } else if self.report {
-                let chunk = self.inflight[0].clone();
-                let upto = self.written;
-                self.reported = self.report_sent(&chunk, self.reported, upto);
+    fn advance(&mut self, n: usize) {
+        let Engine {
+            out,
+            session,
+            handle,
+            poisoned,
+            limits,
+            report,
+            ..
+        } = self;
+        let mut panicked = None;
+        out.advance(n, *report, |frame| {
+            if *poisoned {
+                return;
             }
-        }
-    }
-
-    /// Calls `on_sent` for each whole frame of `chunk` in `from..upto`;
-    /// returns where the last one ended.
-    fn report_sent(&mut self, chunk: &[u8], from: usize, upto: usize) -> usize {
-        let mut frame_lens = std::mem::take(&mut self.frame_lens);
-        let framing = self.framing;
-        let mut at = from;
-        // One guard for the whole loop: after a panic nothing more is
-        // reported, and the session is closing.
-        self.guarded(|session, handle| {
-            while let Some(&len) = frame_lens.front() {
-                let end = at + len as usize;
-                if end > upto {
-                    break;
-                }
-                frame_lens.pop_front();
-                let frame = &chunk[at..end];
-                at = end;
-                session.on_sent(handle, &frame[framing.payload_of(frame.len())]);
+            let payload = &frame[limits.framing.payload_of(frame.len())];
+            let sent = catch_unwind(AssertUnwindSafe(|| session.on_sent(handle, payload)));
+            if let Err(payload) = sent {
+                *poisoned = true;
+                panicked = Some(panic_message(payload.as_ref()));
             }
         });
-        self.frame_lens = frame_lens;
-        at
+        if let Some(message) = panicked {
+            self.panicked(message);
+        }
     }
 
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
     /// arrived, `Ready(false)` at end of stream.
-    ///
-    /// When every byte of a large read came back as lent raw replies (an
-    /// echo), it reads again into the rest of the buffer before writing: a
-    /// large write reaches the socket in pieces (Linux pushes a segment at
-    /// half the peer's window), and one write then carries the replies to
-    /// them all.
     fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        with_scratch(self.read_buffer_size, |scratch| {
-            let id = self.handle.id();
-            let n = match Pin::new(&mut self.io).poll_read(cx, scratch) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            // Only raw messages are lent (see `try_stage`).
-            if self.framing != Framing::Raw {
-                self.deliver(&scratch[..n]);
-                return Poll::Ready(Ok(true));
-            }
-            crate::session::stage_reading(id, scratch, 0..n);
-            self.deliver(&scratch[..n]);
-            let (mut filled, mut last, mut error) = (n, n, None);
-            while last >= JOIN_READS_FROM
-                && scratch.len() - filled >= JOIN_READS_FROM
-                && matches!(self.phase, Phase::Open)
-                && crate::session::stage_lent_end(id) == Some(filled)
-            {
-                match Pin::new(&mut self.io).poll_read(cx, &mut scratch[filled..]) {
-                    Poll::Ready(Ok(0)) | Poll::Pending => break,
-                    Poll::Ready(Ok(m)) => {
-                        crate::session::stage_reading(id, scratch, filled..filled + m);
-                        self.deliver(&scratch[filled..filled + m]);
-                        (filled, last) = (filled + m, m);
-                    }
-                    // Reported after the replies to what was read.
-                    Poll::Ready(Err(e)) => {
-                        error = Some(e);
-                        break;
-                    }
+        with_scratch(self.limits.read_buffer_size, |scratch| {
+            match Pin::new(&mut self.io).poll_read(cx, scratch) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(n)) => {
+                    self.deliver(&scratch[..n]);
+                    Poll::Ready(Ok(true))
                 }
-            }
-            // Closing without a drain: dropped, as staged messages are.
-            let keep = matches!(self.phase, Phase::Open | Phase::Draining(..));
-            let lens = (keep && self.report).then_some(&mut self.frame_lens);
-            if let Some((at, len)) = crate::session::stage_read_done(id, lens)
-                && keep
-                && let Err(e) = self.send_lent(&scratch[at..at + len], cx)
-            {
-                return Poll::Ready(Err(e));
-            }
-            match error {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Ready(Ok(true)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
             }
         })
     }
@@ -517,7 +403,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         if !matches!(self.phase, Phase::Open) {
             return 0;
         }
-        let (framing, max) = (self.framing, self.max_frame_len);
+        let (framing, max) = (self.limits.framing, self.limits.max_frame_len);
         let mut used = 0;
         // One guard for the whole loop, which stops at a frame error or once
         // a close is asked for (the phase is only read between callbacks).
@@ -553,34 +439,30 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// `on_disconnected`.
     fn finish(&mut self, reason: DisconnectReason) -> DisconnectReason {
         self.phase = Phase::Done;
+        self.pending = Vec::new();
+        self.end(&reason);
+        reason
+    }
+
+    /// Refuses every later send, drops what is queued, runs
+    /// `on_disconnected` and wakes whoever waits for the end.
+    fn end(&mut self, reason: &DisconnectReason) {
         let shared = &self.handle.shared;
-        let _ =
-            shared
-                .state
-                .compare_exchange(OPEN, CLOSE_ENGINE, Ordering::SeqCst, Ordering::SeqCst);
+        shared.state.store(CLOSE_ENGINE, Ordering::SeqCst);
         // Under the outbox lock, so that a racing `send` either lands
         // before the clear or sees `finished` and takes its bytes back.
         let dropped = {
             let mut outbox = shared.lock_outbox();
-            shared.finished.store(true, Ordering::Release);
-            shared.outbox_len.store(0, Ordering::Release);
-            let unsent: usize = outbox
-                .drain(..)
-                .chain(self.inflight.drain(..))
-                .map(|f| f.len())
-                .sum();
-            unsent - std::mem::take(&mut self.written)
+            outbox.finished = true;
+            shared.has_outbox.store(false, Ordering::Release);
+            outbox.queue.clear(0) + self.out.clear()
         };
-        self.frame_lens.clear();
-        self.reported = 0;
-        // Staged messages were never counted in `queued`.
-        crate::session::stage_take(shared.id, |_, _| {});
+        self.out = Outgoing::default();
         shared.queued.fetch_sub(dropped, Ordering::AcqRel);
-        self.pending = Vec::new();
         let (session, handle) = (&mut self.session, &self.handle);
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
-            session.on_disconnected(handle, &reason)
-        })) {
+        if let Err(payload) =
+            catch_unwind(AssertUnwindSafe(|| session.on_disconnected(handle, reason)))
+        {
             log::error!(
                 "session {} ({}): on_disconnected panicked: {}",
                 handle.id(),
@@ -588,39 +470,48 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 panic_message(payload.as_ref())
             );
         }
-        reason
+        self.handle.shared.lock_outbox().ended = Some(reason.clone());
+        // Unconditionally: a waiter may have registered just before `ended`.
+        self.handle
+            .shared
+            .has_waiters
+            .store(true, Ordering::Release);
+        self.handle.shared.wake_waiters();
     }
 
     /// Whether new frames or a close request arrived since the last look.
     fn has_news(&self) -> bool {
         let shared = &self.handle.shared;
-        let state = shared.state.load(Ordering::Acquire);
-        (matches!(self.phase, Phase::Open) && state != OPEN && state != CLOSE_ENGINE)
-            || shared.outbox_len.load(Ordering::SeqCst) != 0
+        match self.phase {
+            Phase::Open => {
+                let state = shared.state.load(Ordering::Acquire);
+                (state != OPEN && state != CLOSE_ENGINE) || shared.has_outbox.load(Ordering::SeqCst)
+            }
+            Phase::Draining { .. } => shared.has_outbox.load(Ordering::SeqCst),
+            _ => false,
+        }
     }
 
     /// Notes activity, for the idle timeout (the clock is only read if
     /// there is one).
     fn touch(&mut self) {
-        if self.idle_timeout.is_some() {
-            self.last_activity = Instant::now();
+        if let Some(idle) = &mut self.idle {
+            idle.last_activity = Instant::now();
         }
     }
 
-    #[inline]
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(idle) = self.idle_timeout else {
+    /// Whether the idle timeout has passed; arms its timer if not.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = &mut self.idle else {
             return false;
         };
-        let deadline = self.last_activity + idle;
-        let timer = self
-            .idle_timer
-            .get_or_insert_with(|| rt::timer_at(deadline));
+        let deadline = idle.last_activity + idle.timeout;
+        let timer = idle.timer.get_or_insert_with(|| rt::timer_at(deadline));
         loop {
             if Pin::new(&mut *timer).poll(cx).is_pending() {
                 return false;
             }
-            let deadline = self.last_activity + idle;
+            let deadline = idle.last_activity + idle.timeout;
             if deadline <= Instant::now() {
                 return true;
             }
@@ -628,6 +519,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
+    /// Starts the session, then runs the current phase's step until one
+    /// waits or the connection is over.
     fn poll_engine(&mut self, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
         if !self.started {
             self.started = true;
@@ -639,165 +532,187 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         let mut reads = 0;
         loop {
             self.check_close_request();
-            if matches!(self.phase, Phase::Done) {
-                return Poll::Pending;
-            }
-            if let Phase::Closing(_, linger) = self.phase {
-                shared.polling.store(false, Ordering::SeqCst);
-                if Pin::new(&mut self.io).poll_close(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let Phase::Closing(reason, _) = std::mem::replace(&mut self.phase, Phase::Done)
-                else {
-                    unreachable!()
-                };
-                match linger {
-                    Some(until) if !self.saw_eof && until > Instant::now() => {
-                        let quiet = rt::timer_at(Instant::now() + LINGER_QUIET);
-                        self.phase = Phase::Lingering(reason, rt::timer_at(until), quiet);
-                    }
-                    _ => return Poll::Ready(self.finish(reason)),
-                }
-            }
-            if let Phase::Lingering(_, deadline, quiet) = &mut self.phase {
-                let (io, size) = (&mut self.io, self.read_buffer_size);
-                let expired = Pin::new(deadline).poll(cx).is_ready();
-                let mut done = expired;
-                while !done {
-                    if reads == READS_PER_POLL {
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    reads += 1;
-                    match poll_discard(io, size, cx) {
-                        Poll::Ready(true) => done = true,
-                        Poll::Ready(false) => {
-                            self.discarded = true;
-                            quiet.set_after(LINGER_QUIET);
-                        }
-                        // Nothing waits. A peer that sent nothing since
-                        // reading stopped is done: close now. One that was
-                        // still sending may have more in flight, which a
-                        // close would answer with a reset: wait until it
-                        // closes or has been quiet a while (as nginx's
-                        // lingering close does).
-                        //
-                        // A read may say nothing waits from readiness the
-                        // runtime collected before the latest events (the
-                        // workers skip the read after one that emptied the
-                        // socket): only trust it after one more turn.
-                        Poll::Pending if !self.discarded && !self.settled => {
-                            self.settled = true;
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                        Poll::Pending => {
-                            done = !self.discarded || Pin::new(&mut *quiet).poll(cx).is_ready();
-                            break;
-                        }
-                    }
-                }
-                if !done {
-                    return Poll::Pending;
-                }
-                let Phase::Lingering(reason, _, _) =
-                    std::mem::replace(&mut self.phase, Phase::Done)
-                else {
-                    unreachable!()
-                };
-                return Poll::Ready(self.finish(reason));
-            }
-
-            // A write needs no second turn (it goes until the queue is empty
-            // or the socket is full, and then waits for the socket); a read
-            // that brought bytes does, for what its callbacks queued.
-            let mut again = false;
-            let wrote = match self.poll_write_queue(cx) {
-                Ok(wrote) => wrote,
-                Err(e) => {
-                    shared.polling.store(false, Ordering::SeqCst);
-                    return Poll::Ready(self.finish(DisconnectReason::Io(Arc::new(e))));
-                }
+            let step = match self.phase {
+                Phase::Open => self.step_open(cx, &mut reads),
+                Phase::Draining { .. } => self.step_draining(cx),
+                Phase::Closing { .. } => self.step_closing(cx),
+                Phase::Lingering(_) => self.step_lingering(cx, &mut reads),
+                Phase::Done => return Poll::Pending,
             };
-            if wrote {
-                self.touch();
-            }
-
-            if let Phase::Draining(_, deadline, timer) = &mut self.phase {
-                let deadline = *deadline;
-                let drained =
-                    self.inflight.is_empty() && shared.outbox_len.load(Ordering::Acquire) == 0;
-                let expired = !drained && Pin::new(timer).poll(cx).is_ready();
-                if drained || expired {
-                    let Phase::Draining(reason, _, _) =
-                        std::mem::replace(&mut self.phase, Phase::Done)
-                    else {
-                        unreachable!()
-                    };
-                    if expired {
-                        log::debug!(
-                            "session {} ({}): drain deadline passed with {} bytes unsent",
-                            self.handle.id(),
-                            self.handle.peer_addr(),
-                            shared.queued.load(Ordering::Acquire)
-                        );
-                    }
-                    self.phase = Phase::Closing(reason, Some(deadline));
-                    continue;
-                }
-            }
-
-            if matches!(self.phase, Phase::Open) {
-                let queued = shared.queued.load(Ordering::Acquire);
-                if self.reading && queued > self.high_watermark {
-                    self.reading = false;
-                } else if !self.reading && queued <= self.low_watermark {
-                    self.reading = true;
-                }
-                if self.reading && !shared.read_paused.load(Ordering::SeqCst) {
-                    if reads == READS_PER_POLL {
-                        // Let other sessions of this thread have a turn.
-                        shared.polling.store(false, Ordering::SeqCst);
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    match self.poll_read_once(cx) {
-                        Poll::Ready(Ok(true)) => {
-                            reads += 1;
-                            again = true;
-                            self.touch();
-                        }
-                        Poll::Ready(Ok(false)) => {
-                            self.begin_close(DisconnectReason::PeerClosed, true)
-                        }
-                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                            again = true
-                        }
-                        Poll::Ready(Err(e)) => {
-                            shared.polling.store(false, Ordering::SeqCst);
-                            return Poll::Ready(self.finish(DisconnectReason::Io(Arc::new(e))));
-                        }
-                        Poll::Pending => {}
-                    }
-                    if !matches!(self.phase, Phase::Open) {
+            match step {
+                Step::Again => continue,
+                Step::Wait => {
+                    shared.polling.store(false, Ordering::SeqCst);
+                    if self.has_news() {
+                        shared.polling.store(true, Ordering::SeqCst);
                         continue;
                     }
+                    return Poll::Pending;
                 }
-                if self.poll_idle(cx) {
-                    self.begin_close(DisconnectReason::Idle, true);
-                    continue;
+                Step::Yield => {
+                    shared.polling.store(false, Ordering::SeqCst);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
-            }
-
-            if !again {
-                shared.polling.store(false, Ordering::SeqCst);
-                if self.has_news() {
-                    shared.polling.store(true, Ordering::SeqCst);
-                    continue;
+                Step::Done(reason) => {
+                    shared.polling.store(false, Ordering::SeqCst);
+                    return Poll::Ready(self.finish(reason));
                 }
-                return Poll::Pending;
             }
         }
+    }
+
+    /// Open: write what is queued, then read once if back-pressure and the
+    /// user allow, then watch the idle timeout.
+    fn step_open(&mut self, cx: &mut Context<'_>, reads: &mut usize) -> Step {
+        match self.write_queue(cx) {
+            Ok(true) => self.touch(),
+            Ok(false) => {}
+            Err(e) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
+        }
+        let shared = &self.handle.shared;
+        let queued = shared.queued.load(Ordering::Acquire);
+        if self.reading && queued > self.limits.high_watermark {
+            self.reading = false;
+        } else if !self.reading && queued <= self.limits.low_watermark {
+            self.reading = true;
+        }
+        if self.reading && !shared.read_paused.load(Ordering::SeqCst) {
+            if *reads == READS_PER_POLL {
+                return Step::Yield;
+            }
+            match self.poll_read_once(cx) {
+                Poll::Ready(Ok(true)) => {
+                    *reads += 1;
+                    self.touch();
+                    // A second turn writes what the callbacks queued.
+                    return Step::Again;
+                }
+                Poll::Ready(Ok(false)) => {
+                    self.saw_eof = true;
+                    self.begin_close(DisconnectReason::PeerClosed, true);
+                    return Step::Again;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    return Step::Again;
+                }
+                Poll::Ready(Err(e)) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
+                Poll::Pending if !matches!(self.phase, Phase::Open) => return Step::Again,
+                Poll::Pending => {}
+            }
+        }
+        if self.idle_expired(cx) {
+            self.begin_close(DisconnectReason::Idle, true);
+            return Step::Again;
+        }
+        Step::Wait
+    }
+
+    /// Draining: write until the queue is empty or the deadline passes,
+    /// then close.
+    fn step_draining(&mut self, cx: &mut Context<'_>) -> Step {
+        if let Err(e) = self.write_queue(cx) {
+            return Step::Done(DisconnectReason::Io(Arc::new(e)));
+        }
+        let drained = self.out.is_empty() && !self.handle.shared.has_outbox.load(Ordering::Acquire);
+        let Phase::Draining { timer, .. } = &mut self.phase else {
+            unreachable!("called in the draining phase");
+        };
+        if !drained && Pin::new(timer).poll(cx).is_pending() {
+            return Step::Wait;
+        }
+        let Phase::Draining {
+            reason, deadline, ..
+        } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            unreachable!("called in the draining phase");
+        };
+        if !drained {
+            log::debug!(
+                "session {} ({}): drain deadline passed with {} bytes unsent",
+                self.handle.id(),
+                self.handle.peer_addr(),
+                self.handle.queued_bytes()
+            );
+        }
+        self.phase = Phase::Closing {
+            reason,
+            linger_until: Some(deadline),
+        };
+        Step::Again
+    }
+
+    /// Closing: close the write side, then linger if the peer may still be
+    /// sending and there is time left.
+    fn step_closing(&mut self, cx: &mut Context<'_>) -> Step {
+        if Pin::new(&mut self.io).poll_close(cx).is_pending() {
+            return Step::Wait;
+        }
+        let Phase::Closing {
+            reason,
+            linger_until,
+        } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            unreachable!("called in the closing phase");
+        };
+        let now = Instant::now();
+        match linger_until {
+            Some(until) if !self.saw_eof && until > now => {
+                self.phase = Phase::Lingering(Linger {
+                    reason,
+                    deadline: rt::timer_at(until),
+                    quiet: rt::timer_at(now + LINGER_QUIET),
+                    discarded: false,
+                    settled: false,
+                });
+                Step::Again
+            }
+            _ => Step::Done(reason),
+        }
+    }
+
+    /// Lingering: discard input until the peer is done (see [`Linger`]).
+    fn step_lingering(&mut self, cx: &mut Context<'_>, reads: &mut usize) -> Step {
+        let Phase::Lingering(linger) = &mut self.phase else {
+            unreachable!("called in the lingering phase");
+        };
+        let mut done = Pin::new(&mut linger.deadline).poll(cx).is_ready();
+        while !done {
+            if *reads == READS_PER_POLL {
+                return Step::Yield;
+            }
+            *reads += 1;
+            match poll_discard(&mut self.io, self.limits.read_buffer_size, cx) {
+                Poll::Ready(true) => done = true,
+                Poll::Ready(false) => {
+                    linger.discarded = true;
+                    linger.quiet.set_after(LINGER_QUIET);
+                }
+                // Nothing waits. A read may say so from readiness the
+                // runtime collected before the latest events (the workers
+                // skip the read after one that emptied the socket): only
+                // trust it after one more turn.
+                Poll::Pending if !linger.discarded && !linger.settled => {
+                    linger.settled = true;
+                    return Step::Yield;
+                }
+                // A peer that sent nothing since reading stopped is done.
+                // One that was still sending may have more in flight, which
+                // a close would answer with a reset: wait until it closes
+                // or has been quiet a while (as nginx's lingering close).
+                Poll::Pending => {
+                    done = !linger.discarded || Pin::new(&mut linger.quiet).poll(cx).is_ready();
+                    break;
+                }
+            }
+        }
+        if !done {
+            return Step::Wait;
+        }
+        let Phase::Lingering(linger) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            unreachable!("called in the lingering phase");
+        };
+        Step::Done(linger.reason)
     }
 }
 
@@ -805,23 +720,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Future for Engine<S, T> {
     type Output = DisconnectReason;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
-        let engine = self.get_mut();
-        let id = engine.handle.id();
-        let staging = crate::session::stage_begin(id, engine.report);
-        let result = engine.poll_engine(cx);
-        if staging {
-            if result.is_pending() {
-                // Sent from the last callbacks after the last write: queue
-                // them and come back to write them.
-                let before = engine.inflight.len();
-                engine.take_queued();
-                if engine.inflight.len() != before {
-                    cx.waker().wake_by_ref();
-                }
-            }
-            crate::session::stage_end(id);
-        }
-        result
+        self.get_mut().poll_engine(cx)
     }
 }
 
@@ -830,18 +729,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Drop for Engine<S, T> {
         // Dropped before it finished (its runtime is going away): the
         // promise of exactly one `on_disconnected` still holds.
         if self.started && !matches!(self.phase, Phase::Done) {
-            let reason = DisconnectReason::Shutdown;
             self.phase = Phase::Done;
-            let _ = self.handle.shared.state.compare_exchange(
-                OPEN,
-                CLOSE_ENGINE,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            let (session, handle) = (&mut self.session, &self.handle);
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                session.on_disconnected(handle, &reason)
-            }));
+            self.end(&DisconnectReason::Shutdown);
         }
     }
 }
@@ -855,12 +744,6 @@ fn poll_discard<T: AsyncRead + Unpin>(io: &mut T, size: usize, cx: &mut Context<
         Poll::Pending => Poll::Pending,
     })
 }
-
-/// A read of this many bytes or more whose replies were all lent is
-/// followed by another into the rest of the buffer, if this much room is
-/// left (see `poll_read_once`). The runtime's own threshold: after a
-/// smaller read it skips the next one as the socket is likely empty.
-const JOIN_READS_FROM: usize = rt::STREAMING_READ;
 
 /// Lends `f` this thread's read buffer, at least `size` bytes long.
 fn with_scratch<R>(size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {

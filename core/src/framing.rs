@@ -8,7 +8,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The rule that cuts a byte stream into messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,7 +173,7 @@ impl Framing {
         parts: &[&[u8]],
         max_frame_len: usize,
     ) -> Result<usize, FrameError> {
-        let len = crate::session::payload_len(parts);
+        let len = payload_len(parts);
         if len > max_frame_len {
             return Err(FrameError::TooLarge {
                 len,
@@ -193,33 +193,33 @@ impl Framing {
     /// Appends `parts`, checked by [`check_parts`](Self::check_parts) to be
     /// `len` bytes that can be framed, as one frame.
     #[inline]
-    pub(crate) fn write_parts(self, parts: &[&[u8]], len: usize, out: &mut BytesMut) {
+    pub(crate) fn write_parts(self, parts: &[&[u8]], len: usize, out: &mut impl BufMut) {
         if let [one] = parts {
             // The common case, one slice: no loop, no check for empty parts.
             match self {
-                Framing::Raw => out.extend_from_slice(one),
+                Framing::Raw => out.put_slice(one),
                 Framing::LengthPrefixed => {
-                    out.extend_from_slice(&((len + 2) as u16).to_le_bytes());
-                    out.extend_from_slice(one);
+                    out.put_slice(&((len + 2) as u16).to_le_bytes());
+                    out.put_slice(one);
                 }
                 Framing::Lines => {
-                    out.extend_from_slice(one);
-                    out.extend_from_slice(b"\n");
+                    out.put_slice(one);
+                    out.put_slice(b"\n");
                 }
             }
             return;
         }
         if self == Framing::LengthPrefixed {
             // In range: `check_parts` allowed at most 65,533 bytes.
-            out.extend_from_slice(&((len + 2) as u16).to_le_bytes());
+            out.put_slice(&((len + 2) as u16).to_le_bytes());
         }
         for part in parts {
             if !part.is_empty() {
-                out.extend_from_slice(part);
+                out.put_slice(part);
             }
         }
         if self == Framing::Lines {
-            out.extend_from_slice(b"\n");
+            out.put_slice(b"\n");
         }
     }
 
@@ -230,6 +230,16 @@ impl Framing {
             Framing::Lines => 0..frame_len.saturating_sub(1),
             Framing::LengthPrefixed => 2.min(frame_len)..frame_len,
         }
+    }
+}
+
+/// The bytes of a message made of `parts`.
+#[inline]
+pub(crate) fn payload_len(parts: &[&[u8]]) -> usize {
+    match parts {
+        [one] => one.len(),
+        [a, b] => a.len() + b.len(),
+        _ => parts.iter().map(|p| p.len()).sum(),
     }
 }
 

@@ -45,6 +45,7 @@ mod listener;
 pub mod proxy_protocol;
 mod registry;
 mod rt;
+mod send_queue;
 mod session;
 mod shutdown;
 #[cfg(test)]

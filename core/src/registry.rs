@@ -150,11 +150,38 @@ mod tests {
             max_frame_len: 16,
             ..SessionConfig::default()
         };
-        SessionHandle::new(addr, addr, &config)
+        SessionHandle::new(addr, addr, &config, false)
     }
 
     #[test]
-    fn broadcast_shares_one_buffer_and_sorts_out_closed_slow_and_unfit_sessions() {
+    fn a_large_broadcast_frame_is_shared_and_a_small_one_copied() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let config = SessionConfig::default();
+        let room = Registry::new();
+        let members: Vec<_> = (0..3)
+            .map(|_| SessionHandle::new(addr, addr, &config, false))
+            .collect();
+        for h in &members {
+            room.insert(h.clone());
+        }
+        let large = Frame::new(Framing::Raw, &[1; 4096], 8192).unwrap();
+        let small = Frame::new(Framing::Raw, b"tick", 8192).unwrap();
+        assert_eq!(room.broadcast(&large, None).delivered, 3);
+        assert_eq!(room.broadcast(&small, None).delivered, 3);
+        for h in &members {
+            let outbox = h.shared.lock_outbox();
+            let segments = &outbox.queue.segments;
+            assert_eq!(segments.len(), 2);
+            // The same buffer for every receiver, not a copy...
+            assert_eq!(segments[0].bytes().as_ptr(), large.bytes().as_ptr());
+            // ...and the small frame in the receiver's own memory.
+            assert!(matches!(segments[1], crate::send_queue::Segment::Own(_)));
+            assert_eq!(segments[1].bytes(), b"tick");
+        }
+    }
+
+    #[test]
+    fn broadcast_queues_for_each_and_sorts_out_closed_slow_and_unfit_sessions() {
         let room = Registry::new();
         let open: Vec<_> = (0..3).map(|_| handle(Framing::Lines)).collect();
         for h in &open {
@@ -180,13 +207,19 @@ mod tests {
         );
         assert!(!room.contains(closed.id()));
         assert_eq!(room.len(), 4);
-        // Every receiver queued the same buffer, not a copy.
-        let first = open[0].shared.lock_outbox()[0].as_ptr();
-        let second = open[1].shared.lock_outbox()[0].as_ptr();
-        assert_eq!(first, second);
-        assert_eq!(first, frame.bytes().as_ptr());
+        // Every receiver queued the frame; the excepted one nothing.
+        let queued = |h: &SessionHandle| {
+            let outbox = h.shared.lock_outbox();
+            let segments = &outbox.queue.segments;
+            segments
+                .iter()
+                .flat_map(|s| s.bytes().to_vec())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(queued(&open[0]), b"hello\n");
+        assert_eq!(queued(&open[1]), b"hello\n");
         assert!(
-            open[2].shared.lock_outbox().is_empty(),
+            queued(&open[2]).is_empty(),
             "the excepted session got nothing"
         );
 

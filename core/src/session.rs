@@ -1,20 +1,20 @@
 //! The [`Session`] trait a user implements, and the [`SessionHandle`] through
 //! which the user's code talks back to its connection.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
-use std::collections::VecDeque;
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::task::AtomicWaker;
 
 use crate::config::SessionConfig;
 use crate::framing::{Frame, FrameError, Framing};
+use crate::send_queue::{Outbox, SendQueue};
 
 /// What happens on one connection: the four events of the original C#
 /// `Session` class.
@@ -199,6 +199,11 @@ impl fmt::Debug for SessionHandle {
     }
 }
 
+/// Shared payloads and frames from this size up are queued by reference;
+/// smaller ones are copied into the session's own buffer, which costs less
+/// than a reference (a count, a segment) in time and memory.
+const SHARE_FROM: usize = 512;
+
 /// A close requested from outside the engine, or decided by it.
 pub(crate) const OPEN: u8 = 0;
 pub(crate) const CLOSE_LOCAL: u8 = 1;
@@ -206,305 +211,6 @@ pub(crate) const CLOSE_SLOW: u8 = 2;
 pub(crate) const CLOSE_SHUTDOWN: u8 = 3;
 /// The engine itself is closing (peer closed, error, idle, ...).
 pub(crate) const CLOSE_ENGINE: u8 = 4;
-
-/// Bytes of one per-thread chunk that encoded frames are cut from.
-const CHUNK: usize = 64 * 1024;
-/// The largest stage buffer kept for the next batch after one large reply.
-const MAX_KEPT_CHUNK: usize = 4 * CHUNK;
-/// Raw messages from this size up, sent back from the read they arrived in,
-/// are written from the read buffer instead of being copied to the stage.
-const LEND_MIN: usize = 1024;
-
-thread_local! {
-    /// The course's `SendBufferHelper`: frames are encoded into one chunk per
-    /// thread and shared from it by reference count, so that sending a small
-    /// message allocates nothing in steady state.
-    static SEND_CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// Messages a session's own callbacks send while its engine runs them, kept
-/// on the engine's thread: one contiguous buffer and the frame lengths, with
-/// no lock, no atomic operation and no reference count per message. When
-/// nothing waits to be written ahead of them, the engine writes them straight
-/// from this buffer, which the next batch reuses; otherwise it takes them as
-/// one chunk behind the queue. A large raw message sent back from the read
-/// being delivered is not even copied here (see `lent_len`).
-#[derive(Default)]
-struct Stage {
-    /// The session whose engine is running on this thread.
-    owner: Option<SessionId>,
-    /// Whether the owner keeps each message's length (for `on_sent`).
-    track_lens: bool,
-    /// The staged frames, end to end; never holds a frame of no bytes.
-    buf: BytesMut,
-    /// The address of the engine's read buffer, and the addresses of the
-    /// read being delivered from it, while it is.
-    base: usize,
-    reading: Range<usize>,
-    /// Raw messages sent back from inside the reads, not copied: where they
-    /// sit in the read buffer, end to end, and their length (0: none). They
-    /// go out before `buf`.
-    lent_at: usize,
-    lent_len: usize,
-    /// Each lent message's length, if the owner keeps them.
-    lent_lens: Vec<u32>,
-    lens: Vec<u32>,
-}
-
-thread_local! {
-    /// This thread's stage. Only reached through [`with_stage`] and
-    /// [`ACTIVE`], and never borrowed while user code runs.
-    static STAGE: UnsafeCell<Stage> = UnsafeCell::new(Stage::default());
-    /// `STAGE` while an engine holds it (from `stage_begin` to `stage_end`),
-    /// else null: a send checks it with one load, without the lazy
-    /// initialisation check every access to `STAGE` itself makes.
-    static ACTIVE: Cell<*mut Stage> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// Runs `f` on this thread's stage.
-#[allow(unsafe_code)]
-fn with_stage<R>(f: impl FnOnce(&mut Stage) -> R) -> R {
-    // SAFETY: the stage is only touched by this thread, and every reference
-    // to it (here and in `try_stage`) ends before any user code runs, so no
-    // two are ever live at once.
-    STAGE.with(|stage| f(unsafe { &mut *stage.get() }))
-}
-
-/// What [`try_stage`] did. Small on purpose: returned in a register, where
-/// a `Result<(), SendError>` goes through memory, and copying it out cost
-/// more than the rest of a small send (a store-forwarding stall, `perf`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Staged {
-    /// Staged.
-    Yes,
-    /// Not the engine's own callback: send through the outbox.
-    NotHere,
-    /// The engine's own callback, but the outbox holds earlier messages:
-    /// send through it, behind them.
-    Behind,
-    Closed,
-    /// Over the send queue's cap.
-    Slow,
-    /// Cannot be framed: [`Framing::check_parts`] says why.
-    Unframable,
-}
-
-/// Queues a message sent from `handle`'s own callback, while its engine
-/// runs on this thread: staged if nothing waits in the outbox.
-#[inline]
-#[allow(unsafe_code)]
-fn try_stage(handle: &SessionHandle, parts: &[&[u8]]) -> Staged {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        return Staged::NotHere;
-    }
-    // SAFETY: `ACTIVE` points at this thread's stage while an engine holds
-    // it; this reference ends before the function returns and no user code
-    // runs meanwhile (see `with_stage`).
-    let stage = unsafe { &mut *active };
-    let shared = &*handle.shared;
-    if stage.owner != Some(shared.id) {
-        return Staged::NotHere;
-    }
-    if shared.outbox_len.load(Ordering::Acquire) != 0 {
-        return Staged::Behind;
-    }
-    if shared.finished.load(Ordering::Acquire) {
-        return Staged::Closed;
-    }
-    let framing = shared.framing;
-    let Ok(payload) = framing.check_parts(parts, shared.max_frame_len) else {
-        return Staged::Unframable;
-    };
-    let len = payload + framing.overhead();
-    if len == 0 {
-        // A raw message with no bytes: nothing to queue (see `push_frame`).
-        return Staged::Yes;
-    }
-    let staged = stage.buf.len() + stage.lent_len;
-    if shared.queued.load(Ordering::Acquire) + staged + len > shared.max_send_queue {
-        return Staged::Slow;
-    }
-    // A large raw message from the read being delivered (an echo) is not
-    // copied: the engine writes it from the read buffer right after the
-    // delivery, or copies it then if it must wait. One that continues the
-    // lent bytes in the buffer (the echo of a further read) joins them.
-    if framing == Framing::Raw
-        && stage.buf.is_empty()
-        && let [one] = parts
-    {
-        let at = one.as_ptr() as usize;
-        if stage.reading.start <= at && at + len <= stage.reading.end {
-            let offset = at - stage.base;
-            let first = stage.lent_len == 0 && len >= LEND_MIN;
-            if first || (stage.lent_len > 0 && offset == stage.lent_at + stage.lent_len) {
-                if first {
-                    stage.lent_at = offset;
-                }
-                stage.lent_len += len;
-                if stage.track_lens {
-                    stage.lent_lens.push(len as u32);
-                }
-                return Staged::Yes;
-            }
-        }
-    }
-    if stage.buf.capacity() - stage.buf.len() < len {
-        stage.buf.reserve(len.max(CHUNK));
-    }
-    framing.write_parts(parts, payload, &mut stage.buf);
-    if stage.track_lens {
-        stage.lens.push(len as u32);
-    }
-    Staged::Yes
-}
-
-/// The bytes of a message made of `parts`.
-#[inline]
-pub(crate) fn payload_len(parts: &[&[u8]]) -> usize {
-    match parts {
-        [one] => one.len(),
-        [a, b] => a.len() + b.len(),
-        _ => parts.iter().map(|p| p.len()).sum(),
-    }
-}
-
-/// Makes `id` the session whose own sends are staged on this thread (with
-/// each message's length if `track_lens`); false if another session's
-/// engine holds the stage (a nested poll).
-pub(crate) fn stage_begin(id: SessionId, track_lens: bool) -> bool {
-    with_stage(|stage| {
-        if stage.owner.is_some() {
-            return false;
-        }
-        stage.owner = Some(id);
-        stage.track_lens = track_lens;
-        ACTIVE.set(stage);
-        true
-    })
-}
-
-/// Runs `f` on this thread's stage if `id`'s engine holds it. `f` is the
-/// engine's own code and runs no user code, so no other reference to the
-/// stage is made while its reference lives.
-#[inline]
-#[allow(unsafe_code)]
-fn with_held_stage<R>(id: SessionId, f: impl FnOnce(&mut Stage) -> R) -> Option<R> {
-    let active = ACTIVE.get();
-    if active.is_null() {
-        // No engine holds the stage, so nothing is staged for `id`.
-        return None;
-    }
-    // SAFETY: as in `try_stage`; this reference ends when `f` returns.
-    let stage = unsafe { &mut *active };
-    (stage.owner == Some(id)).then(|| f(stage))
-}
-
-/// Hands what `id` has staged to `take` (the chunk, and the frame lengths
-/// if tracked), if anything. `take` must not send.
-#[inline]
-pub(crate) fn stage_take(id: SessionId, take: impl FnOnce(Bytes, &mut Vec<u32>)) {
-    with_held_stage(id, |stage| {
-        if !stage.buf.is_empty() {
-            take(stage.buf.split().freeze(), &mut stage.lens);
-            stage.lens.clear();
-        }
-    });
-}
-
-/// Lends what `id`'s callbacks staged on this thread (the frames end to end
-/// and, if tracked, their lengths) to the engine, which writes it straight
-/// from this buffer when nothing else waits to be written, and gives the
-/// buffer back with [`stage_return`] so the next batch reuses its memory.
-#[inline]
-pub(crate) fn stage_lend(id: SessionId) -> Option<(BytesMut, Vec<u32>)> {
-    with_held_stage(id, |stage| {
-        (!stage.buf.is_empty()).then(|| {
-            (
-                std::mem::take(&mut stage.buf),
-                std::mem::take(&mut stage.lens),
-            )
-        })
-    })
-    .flatten()
-}
-
-/// Gives back a buffer lent by [`stage_lend`], emptied; kept for the next
-/// batch unless the stage took a new one meanwhile or it grew too large to
-/// keep.
-#[inline]
-pub(crate) fn stage_return(id: SessionId, mut buf: BytesMut, mut lens: Vec<u32>) {
-    with_held_stage(id, |stage| {
-        if stage.buf.capacity() == 0 && buf.capacity() <= MAX_KEPT_CHUNK {
-            buf.clear();
-            stage.buf = buf;
-        }
-        if stage.lens.capacity() == 0 {
-            lens.clear();
-            stage.lens = lens;
-        }
-    });
-}
-
-/// Marks `buf[range]` as the read being delivered to `id`'s callbacks,
-/// `buf` being the engine's read buffer: until [`stage_read_done`], a raw
-/// message sent from within it may be lent instead of copied.
-#[inline]
-pub(crate) fn stage_reading(id: SessionId, buf: &[u8], range: Range<usize>) {
-    with_held_stage(id, |stage| {
-        let base = buf.as_ptr() as usize;
-        stage.base = base;
-        stage.reading = base + range.start..base + range.end;
-    });
-}
-
-/// Where the messages lent so far end in the read buffer, if all that is
-/// staged is lent: a further read there can join them.
-#[inline]
-pub(crate) fn stage_lent_end(id: SessionId) -> Option<usize> {
-    with_held_stage(id, |stage| {
-        (stage.lent_len > 0 && stage.buf.is_empty()).then_some(stage.lent_at + stage.lent_len)
-    })
-    .flatten()
-}
-
-/// Ends the delivery marked by [`stage_reading`]; returns where the lent
-/// messages sit in the read buffer (offset, length), if any were lent, and
-/// moves their lengths to `lens` if given (else drops them). They must be
-/// written or copied before the read buffer is used again, and they go out
-/// before anything else staged.
-#[inline]
-pub(crate) fn stage_read_done(
-    id: SessionId,
-    lens: Option<&mut VecDeque<u32>>,
-) -> Option<(usize, usize)> {
-    with_held_stage(id, |stage| {
-        stage.reading = 0..0;
-        if let Some(lens) = lens {
-            lens.extend(stage.lent_lens.iter().copied());
-        }
-        stage.lent_lens.clear();
-        let lent = (stage.lent_len > 0).then_some((stage.lent_at, stage.lent_len));
-        stage.lent_len = 0;
-        lent
-    })
-    .flatten()
-}
-
-/// Ends `id`'s hold on the stage; anything still staged is dropped.
-pub(crate) fn stage_end(id: SessionId) {
-    with_stage(|stage| {
-        if stage.owner == Some(id) {
-            stage.owner = None;
-            ACTIVE.set(std::ptr::null_mut());
-            stage.lens.clear();
-            stage.buf.clear();
-            stage.reading = 0..0;
-            stage.lent_len = 0;
-            stage.lent_lens.clear();
-        }
-    })
-}
 
 /// The state a [`SessionHandle`] shares with its connection's engine.
 pub(crate) struct Shared {
@@ -514,12 +220,17 @@ pub(crate) struct Shared {
     pub(crate) framing: Framing,
     pub(crate) max_frame_len: usize,
     pub(crate) max_send_queue: usize,
-    /// Frames queued by `send` and not yet taken by the engine.
-    pub(crate) outbox: Mutex<VecDeque<Bytes>>,
-    /// `outbox.len()`, readable without the lock: a send from the engine's
-    /// own callbacks may skip the outbox only while it is empty, so that
-    /// messages keep the order they were queued in.
-    pub(crate) outbox_len: AtomicUsize,
+    pub(crate) high_watermark: usize,
+    pub(crate) low_watermark: usize,
+    /// The session wants `on_sent`: every frame's length is kept.
+    pub(crate) track_lens: bool,
+    /// Frames sent and not yet taken by the engine, and who waits.
+    pub(crate) outbox: Mutex<Outbox>,
+    /// The outbox holds frames: readable without the lock, so that the
+    /// engine takes the lock only when there is something to take.
+    pub(crate) has_outbox: AtomicBool,
+    /// Someone waits in the outbox's `waiters`.
+    pub(crate) has_waiters: AtomicBool,
     /// Bytes queued and not yet written, the engine's share included.
     pub(crate) queued: AtomicUsize,
     /// One of `OPEN`, `CLOSE_*`.
@@ -528,18 +239,15 @@ pub(crate) struct Shared {
     pub(crate) waker: AtomicWaker,
     /// The user asked the session to stop reading (see `pause_reading`).
     pub(crate) read_paused: AtomicBool,
-    /// Set, under the outbox lock, once the engine has ended: nothing queued
-    /// after that could ever be written.
-    pub(crate) finished: AtomicBool,
     /// True while the engine is inside its poll and will look at the outbox
     /// again before it sleeps; saves a wake-up per send from a callback.
     pub(crate) polling: AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn lock_outbox(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
-        // A panic never happens while the lock is held, but do not turn
-        // one into a second panic if it somehow did.
+    pub(crate) fn lock_outbox(&self) -> MutexGuard<'_, Outbox> {
+        // No code that can panic runs while the lock is held, but do not
+        // turn one into a second panic if it somehow did.
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -560,6 +268,29 @@ impl Shared {
         }
         won
     }
+
+    /// Wakes every task waiting on the queue or the end.
+    pub(crate) fn wake_waiters(&self) {
+        if !self.has_waiters.load(Ordering::Acquire) {
+            return;
+        }
+        let waiters = {
+            let mut outbox = self.lock_outbox();
+            self.has_waiters.store(false, Ordering::Release);
+            std::mem::take(&mut outbox.waiters)
+        };
+        for waiter in waiters {
+            waiter.wake();
+        }
+    }
+
+    /// Registers `waker` to be woken by [`wake_waiters`](Self::wake_waiters).
+    fn wait(outbox: &mut Outbox, has_waiters: &AtomicBool, waker: &Waker) {
+        if !outbox.waiters.iter().any(|w| w.will_wake(waker)) {
+            outbox.waiters.push(waker.clone());
+        }
+        has_waiters.store(true, Ordering::Release);
+    }
 }
 
 impl SessionHandle {
@@ -567,6 +298,7 @@ impl SessionHandle {
         peer: SocketAddr,
         local: SocketAddr,
         config: &SessionConfig,
+        track_lens: bool,
     ) -> SessionHandle {
         SessionHandle {
             shared: Arc::new(Shared {
@@ -576,13 +308,16 @@ impl SessionHandle {
                 framing: config.framing,
                 max_frame_len: config.max_frame_len,
                 max_send_queue: config.max_send_queue,
-                outbox: Mutex::new(VecDeque::new()),
-                outbox_len: AtomicUsize::new(0),
+                high_watermark: config.send_high_watermark,
+                low_watermark: config.send_low_watermark,
+                track_lens,
+                outbox: Mutex::new(Outbox::default()),
+                has_outbox: AtomicBool::new(false),
+                has_waiters: AtomicBool::new(false),
                 queued: AtomicUsize::new(0),
                 state: AtomicU8::new(OPEN),
                 waker: AtomicWaker::new(),
                 polling: AtomicBool::new(false),
-                finished: AtomicBool::new(false),
                 read_paused: AtomicBool::new(false),
             }),
         }
@@ -642,10 +377,12 @@ impl SessionHandle {
     /// before it; returns at once.
     ///
     /// Messages reach the wire whole and in the order they were queued;
-    /// messages queued together go out in one vectored write. Fails when the
-    /// session is closing, when the message cannot be framed, or when the
-    /// send queue would pass its cap, in which case the session is closed
-    /// as a slow consumer.
+    /// messages queued together go out in one vectored write. The message
+    /// is copied into this session's own send buffer, so it costs the
+    /// queue what it counts. Fails when the session is closing, when the
+    /// message cannot be framed, or when the send queue would pass its cap,
+    /// in which case the session is closed as a slow consumer (to wait for
+    /// room instead, see [`send_async`](Self::send_async)).
     pub fn send(&self, message: &[u8]) -> Result<(), SendError> {
         self.send_parts(&[message])
     }
@@ -655,50 +392,204 @@ impl SessionHandle {
     /// them into a new buffer first.
     pub fn send_parts(&self, parts: &[&[u8]]) -> Result<(), SendError> {
         let shared = &*self.shared;
-        let state = shared.state.load(Ordering::Acquire);
-        // A shutdown may land while a callback runs: the reply to a message
-        // already delivered is still queued and drained, as promised.
-        if state != OPEN && state != CLOSE_SHUTDOWN {
-            return Err(SendError::Closed);
-        }
-        match try_stage(self, parts) {
-            Staged::Yes => Ok(()),
-            Staged::Behind => self.send_via_outbox(parts),
-            Staged::NotHere if state == OPEN => self.send_via_outbox(parts),
-            Staged::NotHere | Staged::Closed => Err(SendError::Closed),
-            Staged::Slow => Err(self.close_slow()),
-            Staged::Unframable => Err(self.unframable(parts)),
-        }
-    }
-
-    /// Encodes into this thread's send chunk and queues in the outbox.
-    fn send_via_outbox(&self, parts: &[&[u8]]) -> Result<(), SendError> {
-        let shared = &*self.shared;
+        self.check_open()?;
         let framing = shared.framing;
-        let frame = SEND_CHUNK.with(|chunk| {
-            let mut chunk = chunk.borrow_mut();
-            let needed = payload_len(parts) + framing.overhead();
-            if chunk.capacity() - chunk.len() < needed {
-                *chunk = BytesMut::with_capacity(needed.max(CHUNK));
-            }
-            framing
-                .encode_parts(parts, shared.max_frame_len, &mut chunk)
-                .map(|()| chunk.split().freeze())
-        });
-        let frame = frame.map_err(SendError::Frame)?;
-        self.push_frame(frame)
+        let payload = framing
+            .check_parts(parts, shared.max_frame_len)
+            .map_err(SendError::Frame)?;
+        let len = payload + framing.overhead();
+        self.enqueue(len, |queue| queue.push_parts(framing, parts, payload, len))
     }
 
-    /// Why `parts` cannot be framed for this session.
-    #[cold]
-    fn unframable(&self, parts: &[&[u8]]) -> SendError {
+    /// Queues `payload` as one message without copying it: the queue keeps
+    /// a reference to the caller's buffer (framing headers go beside it).
+    /// The queue counts `payload.len()` bytes; a `Bytes` cut from a larger
+    /// buffer keeps that whole buffer alive until it is written. A payload
+    /// under 512 bytes is copied, as [`send`](Self::send) does: for so few
+    /// bytes a copy costs less time and memory than a reference. Fails as
+    /// [`send`](Self::send) does.
+    ///
+    /// ```
+    /// use session_core::bytes::Bytes;
+    /// use session_core::SessionHandle;
+    ///
+    /// fn send_map(handle: &SessionHandle, map: &Bytes) {
+    ///     // Every session gets a reference to the same map, not a copy.
+    ///     let _ = handle.send_bytes(map.clone());
+    /// }
+    /// ```
+    pub fn send_bytes(&self, payload: Bytes) -> Result<(), SendError> {
+        if payload.len() < SHARE_FROM {
+            return self.send(&payload);
+        }
         let shared = &*self.shared;
-        // `try_stage` found an error; the same check names it.
-        shared
-            .framing
-            .check_parts(parts, shared.max_frame_len)
-            .err()
-            .map_or(SendError::Closed, SendError::Frame)
+        self.check_open()?;
+        let framing = shared.framing;
+        let len = framing
+            .check_parts(&[&payload], shared.max_frame_len)
+            .map_err(SendError::Frame)?
+            + framing.overhead();
+        self.enqueue(len, |queue| match framing {
+            Framing::Raw => queue.push_shared(payload),
+            Framing::LengthPrefixed => {
+                // In range: `check_parts` allowed at most 65,533 bytes.
+                queue.push_own(&(len as u16).to_le_bytes());
+                queue.push_shared(payload);
+            }
+            Framing::Lines => {
+                queue.push_shared(payload);
+                queue.push_shared(Bytes::from_static(b"\n"));
+            }
+        })
+    }
+
+    /// Queues a [`Frame`] made once for many sessions: the queue holds a
+    /// reference to the frame's buffer, not a copy (a frame under 512
+    /// bytes is copied into this session's own buffer, which costs less
+    /// than the reference and its bookkeeping). Fails as
+    /// [`send`](Self::send) does, and if the frame was made for another
+    /// framing or is longer than this session's maximum.
+    pub fn send_frame(&self, frame: &Frame) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        self.check_open()?;
+        if frame.framing() != shared.framing {
+            return Err(SendError::Frame(FrameError::WrongFraming {
+                frame: frame.framing(),
+                session: shared.framing,
+            }));
+        }
+        let len = frame.payload().len();
+        if len > shared.max_frame_len {
+            return Err(SendError::Frame(FrameError::TooLarge {
+                len,
+                max: shared.max_frame_len,
+            }));
+        }
+        let bytes = frame.bytes();
+        if bytes.len() < SHARE_FROM {
+            return self.enqueue(bytes.len(), |queue| queue.push_own(bytes));
+        }
+        self.enqueue(bytes.len(), |queue| queue.push_shared(bytes.clone()))
+    }
+
+    /// Queues `message` as [`send`](Self::send) does, but first waits while
+    /// the send queue is above the high watermark
+    /// ([`SessionConfig::send_high_watermark`]); once it had to wait, until
+    /// the queue is down to the low watermark. A producer that sends with
+    /// it slows down to the peer's pace instead of having the session
+    /// closed as a slow consumer. (Several producers racing for the same
+    /// room can still pass the hard cap.)
+    ///
+    /// ```
+    /// use session_core::{SendError, SessionHandle};
+    ///
+    /// async fn stream_log(handle: SessionHandle, lines: Vec<String>) -> Result<(), SendError> {
+    ///     for line in lines {
+    ///         handle.send_async(line.as_bytes()).await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn send_async(&self, message: &[u8]) -> Result<(), SendError> {
+        self.writable().await?;
+        self.send(message)
+    }
+
+    /// Waits until a send would not pass the high watermark (see
+    /// [`send_async`](Self::send_async)); fails once the session is closing.
+    pub async fn writable(&self) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        let mut limit = shared.high_watermark;
+        poll_fn(|cx| {
+            self.check_open()?;
+            if shared.queued.load(Ordering::Acquire) <= limit {
+                return Poll::Ready(Ok(()));
+            }
+            limit = shared.low_watermark;
+            let mut outbox = shared.lock_outbox();
+            Shared::wait(&mut outbox, &shared.has_waiters, cx.waker());
+            drop(outbox);
+            // Looked at again after registering: the engine may have
+            // drained the queue in between.
+            if shared.queued.load(Ordering::Acquire) <= limit {
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until the session has ended (after its `on_disconnected`) and
+    /// returns why it ended. Any number of tasks may wait.
+    ///
+    /// ```
+    /// use session_core::SessionHandle;
+    ///
+    /// async fn log_end(handle: SessionHandle) {
+    ///     let reason = handle.closed().await;
+    ///     log::info!("session {} ended: {reason}", handle.id());
+    /// }
+    /// ```
+    pub async fn closed(&self) -> DisconnectReason {
+        let shared = &*self.shared;
+        poll_fn(|cx| {
+            let mut outbox = shared.lock_outbox();
+            if let Some(reason) = &outbox.ended {
+                return Poll::Ready(reason.clone());
+            }
+            Shared::wait(&mut outbox, &shared.has_waiters, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Fails unless sends are still taken: the session is open, or a
+    /// shutdown was asked for that the engine has not acted on yet (a reply
+    /// to a message already delivered is still queued and drained).
+    #[inline]
+    fn check_open(&self) -> Result<(), SendError> {
+        match self.shared.state.load(Ordering::Acquire) {
+            OPEN | CLOSE_SHUTDOWN => Ok(()),
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    /// Counts `len` bytes against the cap, then lets `push` append the
+    /// frame to the outbox under the lock and wakes the engine if it may
+    /// be asleep.
+    #[inline]
+    fn enqueue(&self, len: usize, push: impl FnOnce(&mut SendQueue)) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if len == 0 {
+            // A raw message with no bytes has nothing to write; queued, it
+            // would make the write that carries it return 0.
+            return Ok(());
+        }
+        let before = shared.queued.fetch_add(len, Ordering::AcqRel);
+        if before + len > shared.max_send_queue {
+            shared.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(self.close_slow());
+        }
+        let was_empty = {
+            let mut outbox = shared.lock_outbox();
+            if outbox.finished {
+                drop(outbox);
+                shared.queued.fetch_sub(len, Ordering::AcqRel);
+                return Err(SendError::Closed);
+            }
+            push(&mut outbox.queue);
+            if shared.track_lens {
+                outbox.queue.frame_lens.push_back(len as u32);
+            }
+            // SeqCst, paired with the engine's store of `polling` and load
+            // of `has_outbox`: one of the two sides sees the other, so no
+            // wake-up is lost between the engine's last look and its sleep.
+            !shared.has_outbox.swap(true, Ordering::SeqCst)
+        };
+        if was_empty {
+            shared.notify();
+        }
+        Ok(())
     }
 
     #[cold]
@@ -713,64 +604,6 @@ impl SessionHandle {
             );
         }
         SendError::SlowConsumer
-    }
-
-    /// Queues a [`Frame`] made once for many sessions: the queue holds a
-    /// reference to the frame's buffer, not a copy. Fails as
-    /// [`send`](Self::send) does, and if the frame was made for another
-    /// framing or is longer than this session's maximum.
-    pub fn send_frame(&self, frame: &Frame) -> Result<(), SendError> {
-        let shared = &*self.shared;
-        if shared.state.load(Ordering::Acquire) != OPEN {
-            return Err(SendError::Closed);
-        }
-        if frame.framing() != shared.framing {
-            return Err(SendError::Frame(FrameError::WrongFraming {
-                frame: frame.framing(),
-                session: shared.framing,
-            }));
-        }
-        let len = frame.payload().len();
-        if len > shared.max_frame_len {
-            return Err(SendError::Frame(FrameError::TooLarge {
-                len,
-                max: shared.max_frame_len,
-            }));
-        }
-        self.push_frame(frame.bytes().clone())
-    }
-
-    fn push_frame(&self, frame: Bytes) -> Result<(), SendError> {
-        let shared = &*self.shared;
-        let len = frame.len();
-        if len == 0 {
-            // A raw message with no bytes has nothing to write; queued, it
-            // would make the write that carries it return 0.
-            return Ok(());
-        }
-        let before = shared.queued.fetch_add(len, Ordering::AcqRel);
-        if before + len > shared.max_send_queue {
-            shared.queued.fetch_sub(len, Ordering::AcqRel);
-            return Err(self.close_slow());
-        }
-        let was_empty = {
-            let mut outbox = shared.lock_outbox();
-            if shared.finished.load(Ordering::Acquire) {
-                drop(outbox);
-                shared.queued.fetch_sub(len, Ordering::AcqRel);
-                return Err(SendError::Closed);
-            }
-            outbox.push_back(frame);
-            // SeqCst, paired with the engine's store of `polling` and load of
-            // `outbox_len`: one of the two sides sees the other, so no wake-up
-            // is lost between the engine's last look and its sleep.
-            shared.outbox_len.store(outbox.len(), Ordering::SeqCst);
-            outbox.len() == 1
-        };
-        if was_empty {
-            shared.notify();
-        }
-        Ok(())
     }
 
     /// Closes the session: nothing more is read, messages already queued are

@@ -19,8 +19,8 @@ mod poller;
 mod worker;
 
 pub(crate) use worker::{
-    STREAMING_READ, TcpListener as WorkerListener, TcpStream, set_worker_threads, spawn_here,
-    spawn_on_index, spawn_on_worker, worker_count,
+    TcpListener as WorkerListener, TcpStream, set_worker_threads, spawn_here, spawn_on_index,
+    spawn_on_worker, worker_count,
 };
 
 /// A listening socket on async-io's reactor: accepting is not the hot path.
