@@ -666,3 +666,129 @@ fn an_empty_raw_message_queues_nothing_and_breaks_nothing() {
         assert!(matches!(task.await, DisconnectReason::LocalClose));
     });
 }
+
+/// A producer that sends with `send_async` waits for the peer instead of
+/// passing the cap: 200 KB through a 64 KiB queue and a 4 KiB pipe arrive
+/// whole and in order, and the session stays open.
+#[test]
+fn send_async_waits_for_room_instead_of_closing_the_session() {
+    let (server, mut client) = duplex(4096);
+    let config = SessionConfig {
+        max_send_queue: 64 * 1024,
+        send_high_watermark: 32 * 1024,
+        send_low_watermark: 8 * 1024,
+        ..SessionConfig::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &config, Recorder::default());
+    let task = async_std::task::spawn(task);
+    let producer = handle.clone();
+    let sent = async_std::task::spawn(async move {
+        let mut most = 0;
+        for i in 0..2000u32 {
+            producer.send_async(&[(i % 251) as u8; 100]).await.unwrap();
+            most = most.max(producer.queued_bytes());
+        }
+        most
+    });
+    async_std::task::block_on(async {
+        let mut got = vec![0u8; 200_000];
+        client.read_exact(&mut got).await.unwrap();
+        for (i, message) in got.chunks(100).enumerate() {
+            assert!(message.iter().all(|&b| b == (i % 251) as u8), "message {i}");
+        }
+        let most = sent.await;
+        assert!(most <= 32 * 1024 + 100, "queue reached {most} bytes");
+        assert!(handle.is_connected());
+        handle.disconnect();
+        assert!(matches!(task.await, DisconnectReason::LocalClose));
+    });
+}
+
+/// `closed` completes once `on_disconnected` has run, with the reason, for
+/// every waiter, and at once when the session has already ended; a send
+/// after the end fails, and `writable` too.
+#[test]
+fn closed_completes_after_on_disconnected_with_the_reason() {
+    let (server, _client) = duplex(1024);
+    let log = Log::default();
+    let session = Recorder {
+        log: log.clone(),
+        ..Recorder::default()
+    };
+    let (handle, task) = run_session(server, addr(), addr(), &SessionConfig::default(), session);
+    let task = async_std::task::spawn(task);
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let (handle, log) = (handle.clone(), log.clone());
+            async_std::task::spawn(async move {
+                let reason = handle.closed().await;
+                let disconnected = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| matches!(e, Event::Disconnected(_)));
+                (reason, disconnected)
+            })
+        })
+        .collect();
+    async_std::task::block_on(async {
+        handle.disconnect();
+        assert!(matches!(task.await, DisconnectReason::LocalClose));
+        for waiter in waiters {
+            let (reason, disconnected) = waiter.await;
+            assert!(matches!(reason, DisconnectReason::LocalClose), "{reason:?}");
+            assert!(disconnected, "closed() completed before on_disconnected");
+        }
+        assert!(matches!(
+            handle.closed().await,
+            DisconnectReason::LocalClose
+        ));
+        assert_eq!(handle.send(b"late"), Err(SendError::Closed));
+        assert_eq!(handle.writable().await, Err(SendError::Closed));
+    });
+}
+
+/// `send_bytes` queues the caller's buffer itself (no copy) and frames it
+/// under every framing; `on_sent` reports each payload whole, also when a
+/// frame spans the header, the shared payload and the trailer.
+#[test]
+fn send_bytes_queues_the_callers_buffer_and_frames_it() {
+    for framing in [Framing::Raw, Framing::Lines, Framing::LengthPrefixed] {
+        let (server, mut client) = duplex(1 << 16);
+        let log = Log::default();
+        let session = Recorder {
+            log: log.clone(),
+            ..Recorder::default()
+        };
+        let config = SessionConfig {
+            framing,
+            ..SessionConfig::default()
+        };
+        let (handle, task) = run_session(server, addr(), addr(), &config, session);
+        let large = bytes::Bytes::from(vec![b'x'; 1000]);
+        let small = bytes::Bytes::from_static(b"small");
+        handle.send_bytes(large.clone()).unwrap();
+        handle.send_bytes(small.clone()).unwrap();
+        handle.send(b"plain").unwrap();
+        {
+            let outbox = handle.shared.lock_outbox();
+            let shares = outbox
+                .queue
+                .segments
+                .iter()
+                .any(|s| s.bytes().as_ptr() == large.as_ptr());
+            assert!(shares, "{framing}: the large payload was copied");
+        }
+        let payloads = vec![large.to_vec(), small.to_vec(), b"plain".to_vec()];
+        let expected = encode_all(framing, &payloads);
+        let task = async_std::task::spawn(task);
+        async_std::task::block_on(async {
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expected, "{framing}");
+            handle.disconnect();
+            assert!(matches!(task.await, DisconnectReason::LocalClose));
+        });
+        assert_eq!(sent(&log), payloads, "{framing}: on_sent");
+    }
+}

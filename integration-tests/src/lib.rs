@@ -9,6 +9,7 @@
 //!   tools: a polling wait with a deadline, the process's open fd count, a
 //!   deterministic PRNG, length-prefixed framing for clients.
 
+pub mod counting_alloc;
 pub mod process;
 
 use std::fmt;

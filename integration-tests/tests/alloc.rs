@@ -1,41 +1,16 @@
 //! Counts heap allocations in a steady-state echo: neither the engine nor
-//! its workers may allocate per message (frames are cut from a shared
-//! per-thread chunk, reads use one buffer per thread, the send queue keeps
-//! its capacity, wake-ups reuse the task).
+//! its workers may allocate per message (replies are framed into the
+//! session's own segments, which go back to a small per-thread pool once
+//! written; reads use one buffer per thread; wake-ups reuse the task).
 //!
 //! A count, not a time: it holds on any machine, however loaded.
 
-// A global allocator can only be written with `unsafe`; this one forwards
-// every call unchanged to the system allocator.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use integration_tests::counting_alloc::{Counting, allocations};
 use session_core::{Framing, IpInformation, Listener, Session, SessionConfig, SessionHandle};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which
-// upholds the `GlobalAlloc` contract; counting touches no memory it returns.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -80,9 +55,9 @@ fn allocations_per_message(addr: SocketAddr) -> f64 {
     let frame = frame();
     let mut reply = vec![0u8; frame.len()];
     ping_pong(&mut stream, &frame, &mut reply, WARMUP);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     ping_pong(&mut stream, &frame, &mut reply, MESSAGES);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     allocations as f64 / MESSAGES as f64
 }
 
@@ -135,9 +110,9 @@ fn steady_state_echo_allocates_next_to_nothing_per_message() {
         "the issue's bound: at most one allocation per message, got {ours}"
     );
     // Sessions run on the crate's own workers, whose wake-ups allocate
-    // nothing; the engine cuts replies from a 64 KiB chunk shared per thread
-    // (about a thousand 66-byte replies each). The plain async-std echo is
-    // printed for scale: its executor allocates when its threads park.
+    // nothing; a reply goes into a segment the thread's pool hands out
+    // again once written. The plain async-std echo is printed for scale:
+    // its executor allocates when its threads park.
     assert!(
         ours <= 0.05,
         "session-core {ours:.4} allocations per message (plain async-std: {reference:.4})"

@@ -8,42 +8,17 @@
 //! The heap is measured with a global allocator that counts live bytes; the
 //! scenarios run one after another in one test, as they share it.
 
-// A global allocator can only be written with `unsafe`; this one forwards
-// every call unchanged to the system allocator.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use integration_tests::counting_alloc::{Counting, live_bytes};
 use session_core::{
     Frame, Framing, IpInformation, JobQueue, Listener, Registry, Session, SessionConfig,
     SessionHandle,
 };
-
-struct Counting;
-
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which
-// upholds the `GlobalAlloc` contract; counting touches no memory it returns.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -203,7 +178,7 @@ fn heap_growth(shape: Shape, sessions: usize) -> (i64, usize) {
         .map(|c| c.try_clone().unwrap())
         .collect();
     let reader = drain(clients, Arc::clone(&stop_reading));
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = live_bytes();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut number = 0;
@@ -227,7 +202,7 @@ fn heap_growth(shape: Shape, sessions: usize) -> (i64, usize) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let growth = LIVE.load(Ordering::SeqCst) - before;
+    let growth = live_bytes() - before;
     let queued = setup.slow.queued_bytes();
     assert!(
         setup.slow.is_connected(),
@@ -267,6 +242,7 @@ fn a_slow_peer_holds_what_its_queue_counts_in_every_way_of_sending() {
 
 /// Makes room for `needed` open files (clients and sessions).
 #[cfg(unix)]
+#[allow(unsafe_code)]
 fn raise_fd_limit(needed: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
