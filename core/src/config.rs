@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::framing::Framing;
 
+/// The largest read buffer a session may ask for.
+const MAX_READ_BUFFER: usize = 1 << 30;
+
 /// Limits, timeouts and framing for the sessions of one [`Listener`] or
 /// [`Connector`].
 ///
@@ -34,9 +37,9 @@ pub struct SessionConfig {
     /// own header can describe). A peer that exceeds it is disconnected with
     /// [`DisconnectReason::FrameTooLarge`](crate::DisconnectReason::FrameTooLarge).
     pub max_frame_len: usize,
-    /// Size of one read from the socket. Default 64 KiB. The buffer is shared
-    /// by the sessions of one thread; a session keeps bytes of its own only
-    /// for a partial frame.
+    /// Size of one read from the socket. Default 64 KiB, at most 1 GiB. The
+    /// buffer is shared by the sessions of one thread; a session keeps bytes
+    /// of its own only for a partial frame.
     pub read_buffer_size: usize,
     /// Queued outgoing bytes above which the session stops reading from its
     /// peer until the queue drains below [`send_low_watermark`](Self::send_low_watermark).
@@ -130,6 +133,12 @@ impl SessionConfig {
         }
         if self.read_buffer_size == 0 {
             return Err("read_buffer_size must be at least 1".into());
+        }
+        if self.read_buffer_size > MAX_READ_BUFFER {
+            return Err(format!(
+                "read_buffer_size {} is more than {MAX_READ_BUFFER} (1 GiB)",
+                self.read_buffer_size
+            ));
         }
         if self.send_low_watermark > self.send_high_watermark {
             return Err(format!(
@@ -236,5 +245,11 @@ mod tests {
             ..SessionConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("largest frame"));
+
+        let config = SessionConfig {
+            read_buffer_size: (1 << 30) + 1,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("read_buffer_size"));
     }
 }

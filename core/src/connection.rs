@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::io::{AsyncRead, AsyncWrite};
 
 use crate::config::SessionConfig;
-use crate::framing::{FrameError, Framing};
+use crate::framing::FrameError;
 use crate::rt;
 use crate::send_queue::Outgoing;
 use crate::session::{
@@ -90,29 +90,34 @@ where
     (handle, engine)
 }
 
-/// Where the engine is in the life of its connection. Each phase holds
-/// what only it needs.
+/// Where the engine is in the life of its connection. Each phase after
+/// the first holds what only it needs, boxed: an open session pays a word
+/// for them.
 enum Phase {
     /// Reading and writing.
     Open,
     /// No more reading; writing what is queued until it is all out or the
     /// deadline passes.
-    Draining {
-        reason: DisconnectReason,
-        deadline: Instant,
-        timer: rt::Timer,
-    },
+    Draining(Box<Draining>),
     /// Closing the write side of the stream; then, until `linger_until`
     /// (the drain deadline), discarding what the peer still sends (see
     /// [`Linger`]).
-    Closing {
-        reason: DisconnectReason,
-        linger_until: Option<Instant>,
-    },
+    Closing(Box<Closing>),
     /// The write side is closed; discarding input.
-    Lingering(Linger),
+    Lingering(Box<Linger>),
     /// `on_disconnected` has run.
     Done,
+}
+
+struct Draining {
+    reason: DisconnectReason,
+    deadline: Instant,
+    timer: rt::Timer,
+}
+
+struct Closing {
+    reason: DisconnectReason,
+    linger_until: Option<Instant>,
 }
 
 /// A "lingering close": closing a socket with unread input makes the
@@ -144,16 +149,6 @@ enum Step {
     Done(DisconnectReason),
 }
 
-/// The limits the engine reads on its hot path.
-struct Limits {
-    framing: Framing,
-    max_frame_len: usize,
-    read_buffer_size: usize,
-    high_watermark: usize,
-    low_watermark: usize,
-    drain_timeout: Duration,
-}
-
 /// The idle timeout: a timer armed lazily and re-armed only when it fires
 /// early, so activity costs a clock read and nothing more.
 struct Idle {
@@ -166,8 +161,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     io: T,
     session: S,
     handle: SessionHandle,
-    limits: Limits,
-    idle: Option<Idle>,
+    /// Boxed: most sessions have none.
+    idle: Option<Box<Idle>>,
     /// Bytes of a frame that began in an earlier read.
     pending: Vec<u8>,
     /// Frames taken from the outbox, being written.
@@ -181,6 +176,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
+    /// Bytes of one read (the buffer is the thread's); at most 1 GiB.
+    read_buffer_size: u32,
     phase: Phase,
 }
 
@@ -194,18 +191,12 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             report: handle.shared.track_lens,
             session,
             handle,
-            limits: Limits {
-                framing: config.framing,
-                max_frame_len: config.max_frame_len,
-                read_buffer_size: config.read_buffer_size,
-                high_watermark: config.send_high_watermark,
-                low_watermark: config.send_low_watermark,
-                drain_timeout: config.drain_timeout,
-            },
-            idle: config.idle_timeout.map(|timeout| Idle {
-                timeout,
-                last_activity: Instant::now(),
-                timer: None,
+            idle: config.idle_timeout.map(|timeout| {
+                Box::new(Idle {
+                    timeout,
+                    last_activity: Instant::now(),
+                    timer: None,
+                })
             }),
             pending: Vec::new(),
             out: Outgoing::default(),
@@ -213,6 +204,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             saw_eof: false,
             started: false,
             poisoned: false,
+            // `SessionConfig::validate` holds it to 1 GiB.
+            read_buffer_size: config.read_buffer_size as u32,
             phase: Phase::Open,
         }
     }
@@ -262,17 +255,17 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.handle.peer_addr()
         );
         self.phase = if drain {
-            let deadline = Instant::now() + self.limits.drain_timeout;
-            Phase::Draining {
+            let deadline = Instant::now() + self.handle.shared.drain_timeout;
+            Phase::Draining(Box::new(Draining {
                 reason,
                 deadline,
                 timer: rt::timer_at(deadline),
-            }
+            }))
         } else {
-            Phase::Closing {
+            Phase::Closing(Box::new(Closing {
                 reason,
                 linger_until: None,
-            }
+            }))
         };
     }
 
@@ -327,7 +320,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             // Streams that buffer (not sockets) need a flush to move.
             let _ = Pin::new(&mut self.io).poll_flush(cx)?;
             let shared = &self.handle.shared;
-            if shared.queued.load(Ordering::Acquire) <= self.limits.low_watermark {
+            if shared.queued.load(Ordering::Acquire) <= shared.low_watermark {
                 shared.wake_waiters();
             }
         }
@@ -341,16 +334,16 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             session,
             handle,
             poisoned,
-            limits,
             report,
             ..
         } = self;
+        let framing = handle.shared.framing;
         let mut panicked = None;
         out.advance(n, *report, |frame| {
             if *poisoned {
                 return;
             }
-            let payload = &frame[limits.framing.payload_of(frame.len())];
+            let payload = &frame[framing.payload_of(frame.len())];
             let sent = catch_unwind(AssertUnwindSafe(|| session.on_sent(handle, payload)));
             if let Err(payload) = sent {
                 *poisoned = true;
@@ -365,7 +358,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// Reads once and delivers every whole message. `Ready(true)` if bytes
     /// arrived, `Ready(false)` at end of stream.
     fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        with_scratch(self.limits.read_buffer_size, |scratch| {
+        with_scratch(self.read_buffer_size as usize, |scratch| {
             match Pin::new(&mut self.io).poll_read(cx, scratch) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(n)) => {
@@ -403,7 +396,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         if !matches!(self.phase, Phase::Open) {
             return 0;
         }
-        let (framing, max) = (self.limits.framing, self.limits.max_frame_len);
+        let (framing, max) = (self.handle.shared.framing, self.handle.shared.max_frame_len);
         let mut used = 0;
         // One guard for the whole loop, which stops at a frame error or once
         // a close is asked for (the phase is only read between callbacks).
@@ -470,7 +463,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 panic_message(payload.as_ref())
             );
         }
-        self.handle.shared.lock_outbox().ended = Some(reason.clone());
+        let ended = Some(reason.clone());
+        let mut outbox = self.handle.shared.lock_outbox();
+        outbox.waiting.get_or_insert_with(Box::default).ended = ended;
+        drop(outbox);
         // Unconditionally: a waiter may have registered just before `ended`.
         self.handle
             .shared
@@ -487,7 +483,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 let state = shared.state.load(Ordering::Acquire);
                 (state != OPEN && state != CLOSE_ENGINE) || shared.has_outbox.load(Ordering::SeqCst)
             }
-            Phase::Draining { .. } => shared.has_outbox.load(Ordering::SeqCst),
+            Phase::Draining(_) => shared.has_outbox.load(Ordering::SeqCst),
             _ => false,
         }
     }
@@ -534,8 +530,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.check_close_request();
             let step = match self.phase {
                 Phase::Open => self.step_open(cx, &mut reads),
-                Phase::Draining { .. } => self.step_draining(cx),
-                Phase::Closing { .. } => self.step_closing(cx),
+                Phase::Draining(_) => self.step_draining(cx),
+                Phase::Closing(_) => self.step_closing(cx),
                 Phase::Lingering(_) => self.step_lingering(cx, &mut reads),
                 Phase::Done => return Poll::Pending,
             };
@@ -572,9 +568,9 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
         let shared = &self.handle.shared;
         let queued = shared.queued.load(Ordering::Acquire);
-        if self.reading && queued > self.limits.high_watermark {
+        if self.reading && queued > shared.high_watermark {
             self.reading = false;
-        } else if !self.reading && queued <= self.limits.low_watermark {
+        } else if !self.reading && queued <= shared.low_watermark {
             self.reading = true;
         }
         if self.reading && !shared.read_paused.load(Ordering::SeqCst) {
@@ -615,16 +611,13 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             return Step::Done(DisconnectReason::Io(Arc::new(e)));
         }
         let drained = self.out.is_empty() && !self.handle.shared.has_outbox.load(Ordering::Acquire);
-        let Phase::Draining { timer, .. } = &mut self.phase else {
+        let Phase::Draining(draining) = &mut self.phase else {
             unreachable!("called in the draining phase");
         };
-        if !drained && Pin::new(timer).poll(cx).is_pending() {
+        if !drained && Pin::new(&mut draining.timer).poll(cx).is_pending() {
             return Step::Wait;
         }
-        let Phase::Draining {
-            reason, deadline, ..
-        } = std::mem::replace(&mut self.phase, Phase::Done)
-        else {
+        let Phase::Draining(draining) = std::mem::replace(&mut self.phase, Phase::Done) else {
             unreachable!("called in the draining phase");
         };
         if !drained {
@@ -635,10 +628,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 self.handle.queued_bytes()
             );
         }
-        self.phase = Phase::Closing {
-            reason,
-            linger_until: Some(deadline),
-        };
+        self.phase = Phase::Closing(Box::new(Closing {
+            reason: draining.reason,
+            linger_until: Some(draining.deadline),
+        }));
         Step::Again
     }
 
@@ -648,26 +641,22 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         if Pin::new(&mut self.io).poll_close(cx).is_pending() {
             return Step::Wait;
         }
-        let Phase::Closing {
-            reason,
-            linger_until,
-        } = std::mem::replace(&mut self.phase, Phase::Done)
-        else {
+        let Phase::Closing(closing) = std::mem::replace(&mut self.phase, Phase::Done) else {
             unreachable!("called in the closing phase");
         };
         let now = Instant::now();
-        match linger_until {
+        match closing.linger_until {
             Some(until) if !self.saw_eof && until > now => {
-                self.phase = Phase::Lingering(Linger {
-                    reason,
+                self.phase = Phase::Lingering(Box::new(Linger {
+                    reason: closing.reason,
                     deadline: rt::timer_at(until),
                     quiet: rt::timer_at(now + LINGER_QUIET),
                     discarded: false,
                     settled: false,
-                });
+                }));
                 Step::Again
             }
-            _ => Step::Done(reason),
+            _ => Step::Done(closing.reason),
         }
     }
 
@@ -682,7 +671,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 return Step::Yield;
             }
             *reads += 1;
-            match poll_discard(&mut self.io, self.limits.read_buffer_size, cx) {
+            match poll_discard(&mut self.io, self.read_buffer_size as usize, cx) {
                 Poll::Ready(true) => done = true,
                 Poll::Ready(false) => {
                     linger.discarded = true;

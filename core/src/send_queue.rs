@@ -230,9 +230,17 @@ pub(crate) struct Outbox {
     pub(crate) queue: SendQueue,
     /// The engine has ended: nothing queued now could ever be written.
     pub(crate) finished: bool,
+    /// Who waits, and how the session ended: made on first use, so a
+    /// session nobody waits on pays a word for it.
+    pub(crate) waiting: Option<Box<Waiting>>,
+}
+
+/// Tasks waiting on one session, and its end.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
     /// Tasks waiting for the queue to drain below the low watermark, or for
     /// the session to end.
-    pub(crate) waiters: Vec<Waker>,
+    pub(crate) wakers: Vec<Waker>,
     /// Why the session ended, once `on_disconnected` has run.
     pub(crate) ended: Option<DisconnectReason>,
 }
@@ -247,8 +255,10 @@ pub(crate) struct Outgoing {
     /// Where the first frame not yet reported starts in the first segment.
     frame_start: usize,
     /// The bytes of a frame that began in segments already written (a
-    /// payload sent as `Bytes` between its header and trailer).
-    partial: Vec<u8>,
+    /// payload sent as `Bytes` between its header and trailer); boxed, as
+    /// it is rare (one word while unused, where a `Vec` takes three).
+    #[allow(clippy::box_collection)]
+    partial: Option<Box<Vec<u8>>>,
 }
 
 impl Outgoing {
@@ -298,17 +308,17 @@ impl Outgoing {
         } = &mut self.queue;
         let segment = segments[0].bytes();
         while let Some(&len) = frame_lens.front() {
-            let end = self.frame_start + len as usize - self.partial.len();
+            let begun = self.partial.as_ref().map_or(0, |p| p.len());
+            let end = self.frame_start + len as usize - begun;
             if end > self.written {
                 break;
             }
-            if self.partial.is_empty() {
-                on_frame(&segment[self.frame_start..end]);
-            } else {
-                self.partial
-                    .extend_from_slice(&segment[self.frame_start..end]);
-                on_frame(&self.partial);
-                self.partial.clear();
+            match self.partial.take() {
+                None => on_frame(&segment[self.frame_start..end]),
+                Some(mut partial) => {
+                    partial.extend_from_slice(&segment[self.frame_start..end]);
+                    on_frame(&partial);
+                }
             }
             self.frame_start = end;
             frame_lens.pop_front();
@@ -325,7 +335,9 @@ impl Outgoing {
             .expect("written bytes belong to a queued segment");
         let bytes = segment.bytes();
         if report && self.frame_start < bytes.len() && !self.queue.frame_lens.is_empty() {
-            self.partial.extend_from_slice(&bytes[self.frame_start..]);
+            self.partial
+                .get_or_insert_with(Box::default)
+                .extend_from_slice(&bytes[self.frame_start..]);
         }
         self.frame_start = 0;
         self.written = 0;
@@ -339,7 +351,7 @@ impl Outgoing {
         let dropped = self.queue.clear(self.written);
         self.written = 0;
         self.frame_start = 0;
-        self.partial = Vec::new();
+        self.partial = None;
         dropped
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -222,6 +223,7 @@ pub(crate) struct Shared {
     pub(crate) max_send_queue: usize,
     pub(crate) high_watermark: usize,
     pub(crate) low_watermark: usize,
+    pub(crate) drain_timeout: Duration,
     /// The session wants `on_sent`: every frame's length is kept.
     pub(crate) track_lens: bool,
     /// Frames sent and not yet taken by the engine, and who waits.
@@ -277,7 +279,11 @@ impl Shared {
         let waiters = {
             let mut outbox = self.lock_outbox();
             self.has_waiters.store(false, Ordering::Release);
-            std::mem::take(&mut outbox.waiters)
+            outbox
+                .waiting
+                .as_mut()
+                .map(|w| std::mem::take(&mut w.wakers))
+                .unwrap_or_default()
         };
         for waiter in waiters {
             waiter.wake();
@@ -286,8 +292,9 @@ impl Shared {
 
     /// Registers `waker` to be woken by [`wake_waiters`](Self::wake_waiters).
     fn wait(outbox: &mut Outbox, has_waiters: &AtomicBool, waker: &Waker) {
-        if !outbox.waiters.iter().any(|w| w.will_wake(waker)) {
-            outbox.waiters.push(waker.clone());
+        let wakers = &mut outbox.waiting.get_or_insert_with(Box::default).wakers;
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
         }
         has_waiters.store(true, Ordering::Release);
     }
@@ -310,6 +317,7 @@ impl SessionHandle {
                 max_send_queue: config.max_send_queue,
                 high_watermark: config.send_high_watermark,
                 low_watermark: config.send_low_watermark,
+                drain_timeout: config.drain_timeout,
                 track_lens,
                 outbox: Mutex::new(Outbox::default()),
                 has_outbox: AtomicBool::new(false),
@@ -534,7 +542,7 @@ impl SessionHandle {
         let shared = &*self.shared;
         poll_fn(|cx| {
             let mut outbox = shared.lock_outbox();
-            if let Some(reason) = &outbox.ended {
+            if let Some(reason) = outbox.waiting.as_ref().and_then(|w| w.ended.as_ref()) {
                 return Poll::Ready(reason.clone());
             }
             Shared::wait(&mut outbox, &shared.has_waiters, cx.waker());
