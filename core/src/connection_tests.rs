@@ -775,6 +775,7 @@ fn send_bytes_queues_the_callers_buffer_and_frames_it() {
             let outbox = handle.shared.lock_outbox();
             let shares = outbox
                 .queue
+                .get()
                 .segments
                 .iter()
                 .any(|s| s.bytes().as_ptr() == large.as_ptr());

@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(room.broadcast(&small, None).delivered, 3);
         for h in &members {
             let outbox = h.shared.lock_outbox();
-            let segments = &outbox.queue.segments;
+            let segments = &outbox.queue.get().segments;
             assert_eq!(segments.len(), 2);
             // The same buffer for every receiver, not a copy...
             assert_eq!(segments[0].bytes().as_ptr(), large.bytes().as_ptr());
@@ -210,7 +210,7 @@ mod tests {
         // Every receiver queued the frame; the excepted one nothing.
         let queued = |h: &SessionHandle| {
             let outbox = h.shared.lock_outbox();
-            let segments = &outbox.queue.segments;
+            let segments = &outbox.queue.get().segments;
             segments
                 .iter()
                 .flat_map(|s| s.bytes().to_vec())

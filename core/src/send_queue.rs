@@ -223,11 +223,61 @@ impl SendQueue {
     }
 }
 
+/// A [`SendQueue`] made on first use and kept while the session lives: a
+/// session that never sends pays one word for it. The engine and the
+/// outbox swap these boxes, so a steady session allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct LazyQueue(Option<Box<SendQueue>>);
+
+/// What an empty [`LazyQueue`] reads as.
+static EMPTY: SendQueue = SendQueue {
+    segments: VecDeque::new(),
+    frame_lens: VecDeque::new(),
+};
+
+impl LazyQueue {
+    pub(crate) fn get(&self) -> &SendQueue {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut SendQueue {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.get().is_empty()
+    }
+
+    /// Moves everything queued in `other` behind what this queue holds:
+    /// the boxes trade places when this one is empty.
+    pub(crate) fn append(&mut self, other: &mut LazyQueue) {
+        if self.is_empty() {
+            std::mem::swap(self, other);
+        } else if let Some(other) = other.0.as_deref_mut() {
+            self.get_mut().append(other);
+        }
+    }
+
+    /// See [`SendQueue::shrink_if_empty`].
+    pub(crate) fn shrink_if_empty(&mut self) {
+        if let Some(queue) = self.0.as_deref_mut() {
+            queue.shrink_if_empty();
+        }
+    }
+
+    /// See [`SendQueue::clear`].
+    pub(crate) fn clear(&mut self, written: usize) -> usize {
+        self.0
+            .as_deref_mut()
+            .map_or(0, |queue| queue.clear(written))
+    }
+}
+
 /// What `send` and the engine share behind the session's lock.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     /// Frames sent and not yet taken by the engine.
-    pub(crate) queue: SendQueue,
+    pub(crate) queue: LazyQueue,
     /// The engine has ended: nothing queued now could ever be written.
     pub(crate) finished: bool,
     /// Who waits, and how the session ended: made on first use, so a
@@ -249,7 +299,7 @@ pub(crate) struct Waiting {
 /// it has written it, and which frames it has reported to `on_sent`.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
-    pub(crate) queue: SendQueue,
+    pub(crate) queue: LazyQueue,
     /// Bytes of the first segment already written.
     written: usize,
     /// Where the first frame not yet reported starts in the first segment.
@@ -273,12 +323,13 @@ impl Outgoing {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        let segments = &self.queue.segments;
+        let queue = self.queue.get();
+        let segments = &queue.segments;
         if segments.len() == 1 {
             return Pin::new(io).poll_write(cx, &segments[0].bytes()[self.written..]);
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let count = self.queue.slices(self.written, &mut slices);
+        let count = queue.slices(self.written, &mut slices);
         Pin::new(io).poll_write_vectored(cx, &slices[..count])
     }
 
@@ -286,7 +337,7 @@ impl Outgoing {
     /// wholly written to `on_frame`, in order.
     pub(crate) fn advance(&mut self, mut n: usize, report: bool, mut on_frame: impl FnMut(&[u8])) {
         while n > 0 {
-            let len = self.queue.segments[0].bytes().len();
+            let len = self.queue.get().segments[0].bytes().len();
             let step = n.min(len - self.written);
             self.written += step;
             n -= step;
@@ -305,7 +356,7 @@ impl Outgoing {
         let SendQueue {
             segments,
             frame_lens,
-        } = &mut self.queue;
+        } = self.queue.get_mut();
         let segment = segments[0].bytes();
         while let Some(&len) = frame_lens.front() {
             let begun = self.partial.as_ref().map_or(0, |p| p.len());
@@ -328,13 +379,13 @@ impl Outgoing {
     /// Drops the first segment, wholly written; keeps the start of a frame
     /// that goes on in the next one, and an own segment for reuse.
     fn pop_written(&mut self, report: bool) {
-        let segment = self
-            .queue
+        let queue = self.queue.get_mut();
+        let segment = queue
             .segments
             .pop_front()
             .expect("written bytes belong to a queued segment");
         let bytes = segment.bytes();
-        if report && self.frame_start < bytes.len() && !self.queue.frame_lens.is_empty() {
+        if report && self.frame_start < bytes.len() && !queue.frame_lens.is_empty() {
             self.partial
                 .get_or_insert_with(Box::default)
                 .extend_from_slice(&bytes[self.frame_start..]);

@@ -585,9 +585,10 @@ impl SessionHandle {
                 shared.queued.fetch_sub(len, Ordering::AcqRel);
                 return Err(SendError::Closed);
             }
-            push(&mut outbox.queue);
+            let queue = outbox.queue.get_mut();
+            push(queue);
             if shared.track_lens {
-                outbox.queue.frame_lens.push_back(len as u32);
+                queue.frame_lens.push_back(len as u32);
             }
             // SeqCst, paired with the engine's store of `polling` and load
             // of `has_outbox`: one of the two sides sees the other, so no

@@ -107,7 +107,8 @@ struct Scenario {
 
 const IDLE_CONNECTIONS: usize = 5000;
 const FIXED_RATE: f64 = 1_000_000.0;
-const IDLE_TARGET_BYTES: f64 = 4500.0;
+/// Issue 11: at most 1,024 bytes of RSS per idle connection.
+const IDLE_TARGET_BYTES: f64 = 1024.0;
 
 const SCENARIOS: [Scenario; 11] = [
     Scenario {
