@@ -55,68 +55,9 @@ impl Framing {
     #[inline]
     pub fn decode(self, buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>, FrameError> {
         match self {
-            Framing::Raw => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let len = buf.len().min(max_frame_len);
-                Ok(Some(Decoded {
-                    payload: 0..len,
-                    consumed: len,
-                }))
-            }
-            Framing::Lines => {
-                // Only the first `max_frame_len + 2` bytes can hold the end
-                // of an acceptable line (payload, `\r`, `\n`).
-                let window = &buf[..buf.len().min(max_frame_len.saturating_add(2))];
-                match window.iter().position(|&b| b == b'\n') {
-                    Some(newline) => {
-                        let end = if newline > 0 && buf[newline - 1] == b'\r' {
-                            newline - 1
-                        } else {
-                            newline
-                        };
-                        if end > max_frame_len {
-                            return Err(FrameError::TooLarge {
-                                len: end,
-                                max: max_frame_len,
-                            });
-                        }
-                        Ok(Some(Decoded {
-                            payload: 0..end,
-                            consumed: newline + 1,
-                        }))
-                    }
-                    None if window.len() > max_frame_len + 1 => Err(FrameError::TooLarge {
-                        len: window.len(),
-                        max: max_frame_len,
-                    }),
-                    None => Ok(None),
-                }
-            }
-            Framing::LengthPrefixed => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                let size = u16::from_le_bytes([buf[0], buf[1]]);
-                if size < 2 {
-                    return Err(FrameError::BadSize(size));
-                }
-                let len = usize::from(size) - 2;
-                if len > max_frame_len {
-                    return Err(FrameError::TooLarge {
-                        len,
-                        max: max_frame_len,
-                    });
-                }
-                if buf.len() < usize::from(size) {
-                    return Ok(None);
-                }
-                Ok(Some(Decoded {
-                    payload: 2..usize::from(size),
-                    consumed: usize::from(size),
-                }))
-            }
+            Framing::Raw => Ok(decode_raw(buf, max_frame_len)),
+            Framing::Lines => decode_line(buf, max_frame_len),
+            Framing::LengthPrefixed => decode_length_prefixed(buf, max_frame_len),
         }
     }
 
@@ -231,6 +172,77 @@ impl Framing {
             Framing::LengthPrefixed => 2.min(frame_len)..frame_len,
         }
     }
+}
+
+/// Raw: whatever was read is one message (cut at the maximum).
+#[inline]
+fn decode_raw(buf: &[u8], max_frame_len: usize) -> Option<Decoded> {
+    if buf.is_empty() {
+        return None;
+    }
+    let len = buf.len().min(max_frame_len);
+    Some(Decoded {
+        payload: 0..len,
+        consumed: len,
+    })
+}
+
+/// Lines: up to `\n`, a `\r` before it dropped.
+#[inline]
+fn decode_line(buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>, FrameError> {
+    // Only the first `max_frame_len + 2` bytes can hold the end of an
+    // acceptable line (payload, `\r`, `\n`).
+    let window = &buf[..buf.len().min(max_frame_len.saturating_add(2))];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(newline) => {
+            let end = if newline > 0 && buf[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            if end > max_frame_len {
+                return Err(FrameError::TooLarge {
+                    len: end,
+                    max: max_frame_len,
+                });
+            }
+            Ok(Some(Decoded {
+                payload: 0..end,
+                consumed: newline + 1,
+            }))
+        }
+        None if window.len() > max_frame_len + 1 => Err(FrameError::TooLarge {
+            len: window.len(),
+            max: max_frame_len,
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Length-prefixed: a 2-byte little-endian size that counts itself.
+#[inline]
+fn decode_length_prefixed(buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let size = u16::from_le_bytes([buf[0], buf[1]]);
+    if size < 2 {
+        return Err(FrameError::BadSize(size));
+    }
+    let len = usize::from(size) - 2;
+    if len > max_frame_len {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    if buf.len() < usize::from(size) {
+        return Ok(None);
+    }
+    Ok(Some(Decoded {
+        payload: 2..usize::from(size),
+        consumed: usize::from(size),
+    }))
 }
 
 /// The bytes of a message made of `parts`.

@@ -33,6 +33,33 @@
 //!
 //! The library never prints: it reports through callbacks, return values and
 //! the [`log`](https://docs.rs/log) facade.
+//!
+//! # Sending
+//!
+//! [`SessionHandle::send`] never blocks and may be called from any thread:
+//! it frames the message into the session's own send queue (behind one
+//! lock per session) and wakes the session's engine if it sleeps.
+//! [`SessionHandle::send_async`] waits for room instead of failing at the
+//! cap, [`SessionHandle::send_bytes`] and [`SessionHandle::send_frame`]
+//! queue a buffer by reference, and [`SessionHandle::closed`] waits for the
+//! end. What a session's queue holds is what it counts: a slow peer costs
+//! its own queue and nothing of other sessions'.
+//!
+//! # How it is built
+//!
+//! One file per idea:
+//!
+//! | module | holds |
+//! |---|---|
+//! | `session` | the [`Session`] trait and the [`SessionHandle`] (send, close, addresses) |
+//! | `send_queue` | one session's queued bytes: own segments, shared frames, the outbox the handle and the engine share |
+//! | `framing` | how bytes become messages and back ([`Framing`], [`Frame`]) |
+//! | `connection` | the engine of one connection, a future with one step per phase: open, draining, closing, lingering |
+//! | `listener`, `connector` | accepting and connecting, then the same engine |
+//! | `config` | [`SessionConfig`], every limit with its default |
+//! | `registry`, `job_queue` | many sessions: the live set and broadcast, a room's jobs in order |
+//! | `proxy_protocol` | the PROXY v1/v2 header a balancer sends first |
+//! | `rt` | the only module that names the runtime: the worker threads (an executor and a poller each), timers, sockets |
 #![warn(missing_docs)]
 
 mod config;
