@@ -96,6 +96,7 @@ step "unit tests (server-app, client-app, session-core framing)" bash -c "
   cargo test --target $target -p session-core --lib framing"
 
 if [ "$mode" = all ]; then
+  # --no-fail-fast: every file runs and reports, even after a failure.
   step "session, hostile and app tests" cargo test --target "$target" -p integration-tests \
-    --test sessions --test hostile --test apps --test elsewhere
+    --no-fail-fast --test sessions --test hostile --test apps --test elsewhere
 fi
