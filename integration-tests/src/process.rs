@@ -6,15 +6,16 @@
 //!   `CARGO_TARGET_DIR` is respected.
 //! - [`Proc`]: a child whose stdout is read line by line and whose stderr is
 //!   collected, by threads; bounded waits for a line or for the exit, the
-//!   port of its `Listening on` line, signals by its own PID. Dropping it
-//!   kills and reaps the child.
+//!   port of its `Listening on` line, signals by its own PID (Unix).
+//!   Dropping it kills and reaps the child.
 //! - [`ChildGuard`]: the bare kill-and-reap guard, for a [`Child`] whose
 //!   output a test reads itself; [`wait_exit`]: a bounded wait for an exit.
 //! - [`tools_present`], [`find_program`], [`fail_if_ci`]: whether external
 //!   tools are installed, failing instead of skipping when `CI` is set.
-//! - [`lower_nofile_in_child`]: a lower fd limit for a child to be started.
+//! - `lower_nofile_in_child` (Unix): a lower fd limit for a child to be
+//!   started.
 //!
-//! Signals ([`Proc::signal`]) and fd limits are Unix-only: Windows has
+//! Signals (`Proc::signal`) and fd limits are Unix-only: Windows has
 //! neither, and its console control events cannot be sent to one child
 //! reliably (not at all under Wine). Windows tests stop a server in-process
 //! through the library's `ShutdownHandle` instead.
