@@ -2,8 +2,9 @@
 # Builds the workspace for Windows (x86_64-pc-windows-gnu, linked by
 # mingw-w64) and runs it under Wine, on this Linux machine.
 #
-#   tools/wine/test-windows.sh          smoke, then the session, hostile and
-#                                       app tests (integration-tests:
+#   tools/wine/test-windows.sh          smoke, then all of session-core's
+#                                       unit tests and the session, hostile
+#                                       and app tests (integration-tests:
 #                                       sessions, hostile, apps, elsewhere)
 #   tools/wine/test-windows.sh smoke    only: `--help` of both apps, and the
 #                                       unit tests of server-app, client-app
@@ -16,7 +17,8 @@
 # takes random bytes from; tools/wine/bcryptprimitives.c is a stand-in (see
 # there), built here and put on WINEPATH.
 #
-# Each step prints its duration. Exits non-zero on the first failure.
+# Each step prints its duration. Exits non-zero if any step failed, after
+# running them all (but nothing runs after a failed build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -58,13 +60,22 @@ export WINEPATH="$shim_dir"
 # the tests only look for them (integration_tests::process::PREBUILT_APPS).
 export INTEGRATION_TESTS_PREBUILT_APPS=1
 
+# Runs one step and prints its duration. A failed step is reported at once
+# and remembered; the script goes on to the next, so one run reports on
+# every step, and exits non-zero at the end.
+failed=()
 step() {
   local name="$1"
   shift
-  local started=$SECONDS
+  local started=$SECONDS status=0
   echo "== wine: $name"
-  "$@"
-  echo "== wine: $name: $((SECONDS - started)) s"
+  "$@" || status=$?
+  if [ "$status" -eq 0 ]; then
+    echo "== wine: $name: $((SECONDS - started)) s"
+  else
+    echo "== wine: $name: FAILED (status $status) after $((SECONDS - started)) s"
+    failed+=("$name")
+  fi
 }
 
 prefix() {
@@ -90,13 +101,23 @@ help_starts() {
 
 step "prefix" prefix
 step "build apps and tests" cargo build --target "$target" --workspace --all-targets
+# Nothing below can run without the build.
+[ ${#failed[@]} -eq 0 ] || exit 1
 step "apps start (--help)" help_starts
 step "unit tests (server-app, client-app, session-core framing)" bash -c "
   cargo test --target $target -p server-app -p client-app &&
   cargo test --target $target -p session-core --lib framing"
 
 if [ "$mode" = all ]; then
+  # The rest of the core's unit tests: its poller test needs the worker
+  # poller's non-edge mode on IOCP, as the session tests do.
+  step "session-core unit tests" cargo test --target "$target" -p session-core --lib
   # --no-fail-fast: every file runs and reports, even after a failure.
   step "session, hostile and app tests" cargo test --target "$target" -p integration-tests \
     --no-fail-fast --test sessions --test hostile --test apps --test elsewhere
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '== wine: failed: %s\n' "${failed[@]}"
+  exit 1
 fi
