@@ -16,9 +16,9 @@
 //!   started.
 //!
 //! Signals (`Proc::signal`) and fd limits are Unix-only: Windows has
-//! neither, and its console control events cannot be sent to one child
-//! reliably (not at all under Wine). Windows tests stop a server in-process
-//! through the library's `ShutdownHandle` instead.
+//! neither, its console control events go to a whole console or process
+//! group, and under Wine they are hard to deliver at all. Windows tests stop
+//! a server in-process through the library's `ShutdownHandle` instead.
 //!
 //! Where the test cannot run `cargo` itself (Windows binaries run under Wine
 //! from a Linux cargo), set [`PREBUILT_APPS`] after building the two apps for

@@ -9,8 +9,8 @@
 //! a guard when the test ends, passing or failing.
 //!
 //! The signal tests run on Unix only: Windows has no signal to send to one
-//! child (its console control events reach a whole console, and under Wine
-//! none at all). There, the server's stop path is covered by the unit test
+//! child (its console control events go to a whole console or process
+//! group, and under Wine they are hard to deliver at all). There, the server's stop path is covered by the unit test
 //! of `server-app`'s stop requests and by the in-process shutdown tests in
 //! `sessions.rs` and `hostile.rs`. The real-`nc` half runs on Linux only,
 //! where CI installs netcat-openbsd (README, Platforms).
