@@ -32,6 +32,10 @@
 //! per batch: no thread switches, no re-arming. Thread-per-connection
 //! blocking sockets or async-std tasks pay a wake-up (and async-std a
 //! cross-thread one) per batch on top.
+//!
+//! The epoll loop is Linux's; elsewhere the mode refuses to run (see the
+//! second `imp`), and the parts only the loop uses are compiled but unused.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Read, Write};

@@ -6,13 +6,23 @@
 //!   `CARGO_TARGET_DIR` is respected.
 //! - [`Proc`]: a child whose stdout is read line by line and whose stderr is
 //!   collected, by threads; bounded waits for a line or for the exit, the
-//!   port of its `Listening on` line, signals by its own PID. Dropping it
-//!   kills and reaps the child.
+//!   port of its `Listening on` line, signals by its own PID (Unix).
+//!   Dropping it kills and reaps the child.
 //! - [`ChildGuard`]: the bare kill-and-reap guard, for a [`Child`] whose
 //!   output a test reads itself; [`wait_exit`]: a bounded wait for an exit.
 //! - [`tools_present`], [`find_program`], [`fail_if_ci`]: whether external
 //!   tools are installed, failing instead of skipping when `CI` is set.
-//! - [`lower_nofile_in_child`]: a lower fd limit for a child to be started.
+//! - `lower_nofile_in_child` (Unix): a lower fd limit for a child to be
+//!   started.
+//!
+//! Signals (`Proc::signal`) and fd limits are Unix-only: Windows has
+//! neither, its console control events go to a whole console or process
+//! group, and under Wine they are hard to deliver at all. Windows tests stop
+//! a server in-process through the library's `ShutdownHandle` instead.
+//!
+//! Where the test cannot run `cargo` itself (Windows binaries run under Wine
+//! from a Linux cargo), set [`PREBUILT_APPS`] after building the two apps for
+//! the same target and profile: [`bin_dir`] then only checks they are there.
 //!
 //! Every wait is bounded: by a [`Proc`]'s limit ([`LIMIT`] unless set with
 //! [`Proc::with_limit`]) or by an explicit duration.
@@ -33,9 +43,14 @@ pub const LIMIT: Duration = Duration::from_secs(10);
 /// synchronisation: the wait ends on the exit itself).
 const POLL: Duration = Duration::from_millis(10);
 
+/// The environment variable that says `server-app` and `client-app` are
+/// built already, beside this test (see [`bin_dir`]).
+pub const PREBUILT_APPS: &str = "INTEGRATION_TESTS_PREBUILT_APPS";
+
 /// Builds `server-app` and `client-app` once per test process (`cargo build
 /// -p server-app -p client-app`, with the profile this test was built with)
-/// and returns the folder holding them: this test's own target folder.
+/// and returns the folder holding them: this test's own target folder. With
+/// [`PREBUILT_APPS`] set, it builds nothing and only looks for them there.
 ///
 /// Panics when the build fails or a binary is not where it should be.
 pub fn bin_dir() -> &'static Path {
@@ -48,41 +63,61 @@ pub fn bin_dir() -> &'static Path {
             .and_then(|deps| deps.parent())
             .expect("target folder")
             .to_path_buf();
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace folder");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "server-app", "-p", "client-app"])
-            .current_dir(workspace);
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
+        let prebuilt = std::env::var_os(PREBUILT_APPS).is_some();
+        if !prebuilt {
+            build_apps(&dir);
         }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build failed: {status}");
         for name in ["server-app", "client-app"] {
+            let path = dir.join(exe_name(name));
             assert!(
-                dir.join(name).exists(),
-                "{name} not found in {}",
-                dir.display()
+                path.exists(),
+                "{} not found{}",
+                path.display(),
+                if prebuilt {
+                    format!(" ({PREBUILT_APPS} is set: build it first)")
+                } else {
+                    String::new()
+                }
             );
         }
         dir
     })
 }
 
+/// `name` with this platform's executable suffix (`.exe` on Windows).
+fn exe_name(name: &str) -> String {
+    format!("{name}{}", std::env::consts::EXE_SUFFIX)
+}
+
+/// Runs `cargo build -p server-app -p client-app` with the profile of the
+/// target folder `dir`.
+fn build_apps(dir: &Path) {
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace folder");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", "server-app", "-p", "client-app"])
+        .current_dir(workspace);
+    match profile {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        other => {
+            build.args(["--profile", other]);
+        }
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build failed: {status}");
+}
+
 /// The path of the built binary `name` (`server-app` or `client-app`),
 /// building both first if this process has not yet.
 pub fn binary(name: &str) -> PathBuf {
-    bin_dir().join(name)
+    bin_dir().join(exe_name(name))
 }
 
 /// A child process that is killed (by its own PID) and reaped when the
@@ -387,7 +422,9 @@ impl Proc {
         addr.port()
     }
 
-    /// Sends `signal` to this child (by its own PID, nothing else).
+    /// Sends `signal` to this child (by its own PID, nothing else). Unix
+    /// only: Windows has no signals.
+    #[cfg(unix)]
     #[track_caller]
     pub fn signal(&self, signal: libc::c_int) {
         let pid = self.child.id();
@@ -515,12 +552,14 @@ pub fn tools_present(tools: &[&str], packages: &str) -> bool {
 }
 
 /// Lowers the soft `RLIMIT_NOFILE` of `command`'s child to `soft` (the hard
-/// limit stays), between fork and exec.
+/// limit stays), between fork and exec. Unix only: Windows has no such limit.
+#[cfg(unix)]
 pub fn lower_nofile_in_child(command: &mut Command, soft: u64) {
     sys::lower_nofile_in_child(command, soft);
 }
 
 /// The crate's only unsafe code: two libc calls on our own children.
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod sys {
     use std::io;

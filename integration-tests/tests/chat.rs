@@ -316,57 +316,27 @@ fn two_hundred_clients_each_get_every_other_line_once_and_in_order() {
     );
 }
 
-/// Connects to `addr` (IPv4) from a socket whose kernel receive buffer is
-/// shrunk before the handshake, so that the window it advertises stays
-/// small and a peer that does not read backs up into the server's send
-/// queue quickly instead of into kernel buffers.
-#[allow(unsafe_code)]
+/// Connects to `addr` from a socket whose kernel receive buffer is shrunk
+/// before the handshake, so that the window it advertises stays small and a
+/// peer that does not read backs up into the server's send queue quickly
+/// instead of into kernel buffers. Through socket2, so it runs on every OS.
 fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let SocketAddr::V4(v4) = addr else {
-        panic!("{addr} is not IPv4")
-    };
-    // SAFETY: plain socket calls on a descriptor we create and then own; each
-    // pointer and length describes a live value of the named type.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-        let owned = OwnedFd::from_raw_fd(fd);
-        set_receive_buffer(&owned, 4096);
-        let mut sin: libc::sockaddr_in = std::mem::zeroed();
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_port = v4.port().to_be();
-        sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-        let rc = libc::connect(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "connect {addr}: {}", io::Error::last_os_error());
-        TcpStream::from(owned)
-    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("setsockopt SO_RCVBUF");
+    socket
+        .connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    socket.into()
 }
 
 /// Sets a socket's kernel receive buffer (SO_RCVBUF) to `size` bytes.
-#[allow(unsafe_code)]
-fn set_receive_buffer(socket: &impl std::os::fd::AsRawFd, size: libc::c_int) {
-    // SAFETY: a plain setsockopt on a live descriptor; the pointer and length
-    // describe a live `c_int`.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt SO_RCVBUF: {}",
-        io::Error::last_os_error()
-    );
+fn set_receive_buffer(stream: &TcpStream, size: usize) {
+    socket2::SockRef::from(stream)
+        .set_recv_buffer_size(size)
+        .expect("setsockopt SO_RCVBUF");
 }
 
 /// Lines a busy client may send ahead of the slowest line it has heard:

@@ -13,6 +13,10 @@
 //! when they fail. Every child (HAProxy, the servers) is killed by its own
 //! PID when its guard drops; every socket has timeouts; every wait is
 //! bounded; only 127.0.0.1 is used.
+//!
+//! Linux only: HAProxy is one of the real peers CI installs on Linux (see
+//! README, Platforms), and the rolling restart is a SIGTERM.
+#![cfg(target_os = "linux")]
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};

@@ -87,35 +87,12 @@ fn finish(server: Server, framing: Framing, fds: Option<usize>) {
 }
 
 /// Makes dropping `stream` send a reset instead of a FIN (SO_LINGER 0).
-#[cfg(unix)]
-#[allow(unsafe_code)]
+/// Through socket2, so the reset is real on every OS.
 fn set_linger_zero(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: the fd is open for the life of `stream`, and the pointer and
-    // length describe a live `libc::linger`.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt SO_LINGER: {}",
-        io::Error::last_os_error()
-    );
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("setsockopt SO_LINGER");
 }
-
-#[cfg(not(unix))]
-fn set_linger_zero(_stream: &TcpStream) {}
 
 /// 1,000 connections that connect and reset at once, in batches of 100;
 /// after each batch a good client is served (accept is FIFO, so by then the

@@ -8,11 +8,18 @@
 //! and the test reads the port from its `Listening on` line; every wait is
 //! bounded; every child is killed by its own PID and reaped by a guard when
 //! the test ends, passing or failing.
+//!
+//! Unix only: every test here stops the server with SIGTERM, and the fd
+//! test needs Linux (`RLIMIT_NOFILE`, `/proc`). Windows has no signal to
+//! send to one child; its shutdown path is tested in-process (`sessions.rs`,
+//! `hostile.rs`) and by `server-app`'s unit test of its stop requests.
+#![cfg(unix)]
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(target_os = "linux")]
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -41,6 +48,7 @@ fn start_server(extra: &[&str], nofile: Option<u64>) -> (Proc, SocketAddr) {
 }
 
 /// The open fd numbers of process `pid` (our own child).
+#[cfg(target_os = "linux")]
 fn fd_numbers_of(pid: u32) -> Vec<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("list /proc/PID/fd")
@@ -49,6 +57,7 @@ fn fd_numbers_of(pid: u32) -> Vec<u64> {
 }
 
 /// The number of open fds of process `pid` (our own child).
+#[cfg(target_os = "linux")]
 fn fds_of(pid: u32) -> usize {
     fd_numbers_of(pid).len()
 }
@@ -104,6 +113,7 @@ fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// One echo over a fresh connection, as a well-behaved client does it.
+#[cfg(target_os = "linux")]
 fn assert_served(addr: SocketAddr, payload: &[u8]) {
     let mut stream = connect(addr, LIMIT).expect("connect a well-behaved client");
     stream.write_all(&frame(payload)).expect("write request");
@@ -363,13 +373,17 @@ fn sigterm_mid_stream_delivers_every_queued_reply_then_closes_cleanly() {
 // Fewer fds than clients.
 
 /// The server's soft limit on open fds.
+#[cfg(target_os = "linux")]
 const NOFILE: u64 = 64;
 /// Clients open at once: more than the server has fds.
+#[cfg(target_os = "linux")]
 const FD_CLIENTS: usize = 150;
 /// How long a starved client waits for its reply.
+#[cfg(target_os = "linux")]
 const STARVED_WAIT: Duration = Duration::from_secs(2);
 
 /// The limit as `/proc/PID/limits` shows it: `Max open files  SOFT  HARD  files`.
+#[cfg(target_os = "linux")]
 fn soft_nofile_of(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;

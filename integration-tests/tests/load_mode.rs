@@ -4,6 +4,10 @@
 //! The two binaries are built once (same profile as this test) with `cargo
 //! build -p server-app -p client-app` and found in this test's own target
 //! folder (`integration_tests::process`).
+//!
+//! Linux only: the load mode is an epoll loop. Elsewhere it says so and
+//! exits 1, which `elsewhere.rs` checks.
+#![cfg(target_os = "linux")]
 
 use std::time::Duration;
 

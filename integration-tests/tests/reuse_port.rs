@@ -1,5 +1,9 @@
 //! `SessionConfig::reuse_port`: every worker accepts on a socket of its own
 //! (SO_REUSEPORT) and keeps the sessions it accepts.
+//!
+//! Unix only: Windows has no SO_REUSEPORT, and there `Listener::bind`
+//! refuses `reuse_port`, which `elsewhere.rs` checks.
+#![cfg(unix)]
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};

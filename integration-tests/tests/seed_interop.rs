@@ -10,6 +10,10 @@
 //! They are compiled with `mcs` and run with `mono`. Without those tools
 //! each test fails when the `CI` environment variable is set (CI installs
 //! them), and otherwise prints a skip note and passes.
+//!
+//! Linux only: mono is one of the real peers CI installs on Linux (see
+//! README, Platforms).
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

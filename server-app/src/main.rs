@@ -3,8 +3,8 @@
 //!
 //! It binds the resolved address(es), prints them, and answers every message
 //! with the message and a suffix (`" - Receive Completed"` by default) until
-//! SIGINT (Ctrl-C) or SIGTERM, when it shuts the listener down gracefully
-//! and exits 0. Errors end it with one line on stderr and a non-zero status.
+//! SIGINT (Ctrl-C) or SIGTERM (on Windows: Ctrl-C, Ctrl-Break or closing the
+//! console), when it shuts the listener down gracefully and exits 0. Errors end it with one line on stderr and a non-zero status.
 //!
 //! Behind a load balancer: `--proxy-protocol` takes each client's address
 //! from the PROXY header the balancer sends, `--workers N` sets how many
@@ -13,19 +13,18 @@
 
 mod echo;
 mod output;
+mod stop_requests;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use session_core::{Framing, IpInformation, Listener, SessionConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_async_std::Signals;
 use structopt::StructOpt;
 
 use crate::echo::EchoSession;
 use crate::output::{cli_error, parse_seconds, say};
+use crate::stop_requests::StopRequests;
 
 /// Echo server: replies to every message with the message and a suffix.
 #[derive(Debug, StructOpt)]
@@ -98,9 +97,10 @@ fn main() -> ExitCode {
 
 async fn serve(opt: Opt) -> Result<()> {
     // Install the handlers first: from the moment the address is printed,
-    // SIGINT and SIGTERM mean a graceful shutdown, never the default death.
-    let signals = Signals::new([SIGINT, SIGTERM]).context("install signal handlers")?;
-    let signals_handle = signals.handle();
+    // SIGINT and SIGTERM (Windows: Ctrl-C, Ctrl-Break, console close) mean a
+    // graceful shutdown, never the default death.
+    let requests = StopRequests::install().context("install signal handlers")?;
+    let requests_closer = requests.closer();
 
     say!("SERVER RUNNING..");
     let workers = opt.workers.unwrap_or_else(|| {
@@ -143,17 +143,14 @@ async fn serve(opt: Opt) -> Result<()> {
 
     let stop = listener.shutdown_handle();
     let watcher = async_std::task::spawn(async move {
-        let mut signals = signals;
-        if let Some(signal) = signals.next().await {
-            say!("Received {}, shutting down..", signal_name(signal));
+        let mut requests = requests;
+        if let Some(name) = requests.next().await {
+            say!("Received {name}, shutting down..");
             stop.shutdown();
         }
         // A second signal while sessions drain: stop waiting.
-        if let Some(signal) = signals.next().await {
-            eprintln!(
-                "error: {} during shutdown, exiting now",
-                signal_name(signal)
-            );
+        if let Some(name) = requests.next().await {
+            eprintln!("error: {name} during shutdown, exiting now");
             std::process::exit(1);
         }
     });
@@ -164,16 +161,8 @@ async fn serve(opt: Opt) -> Result<()> {
         .run(move || EchoSession::new(&suffix, quiet))
         .await
         .context("run listener")?;
-    signals_handle.close();
+    requests_closer.close();
     watcher.cancel().await;
     say!("SERVER STOPPED");
     Ok(())
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "a signal",
-    }
 }
