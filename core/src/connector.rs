@@ -65,7 +65,10 @@ impl Connector {
     }
 
     /// As [`new`](Self::new), connecting and running its sessions on the
-    /// workers of `runtime`.
+    /// workers of `runtime`. The connector holds a handle of `runtime`:
+    /// keep one (this connector, a clone of it, or the runtime itself) for
+    /// as long as its sessions should run, since the workers stop when the
+    /// last handle goes.
     ///
     /// ```no_run
     /// use session_core::{Connector, IpInformation, Runtime, Session, SessionConfig, SessionHandle};

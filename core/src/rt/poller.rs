@@ -236,6 +236,7 @@ mod portable {
 
         /// Oneshot even where edge-triggering works: the mode of systems
         /// that lack it, testable anywhere.
+        #[cfg_attr(not(test), allow(dead_code))]
         pub(crate) fn oneshot() -> io::Result<Poller> {
             Ok(Poller {
                 poller: polling::Poller::new()?,

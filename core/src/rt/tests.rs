@@ -1,6 +1,7 @@
 //! The workers as a value: their timers, accept loops, connecting,
 //! shutdown, and the oneshot poller mode, through real loopback sockets.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -111,6 +112,56 @@ fn a_worker_timer_fires_on_the_workers_own_thread() {
     assert!(slept >= Duration::from_millis(20), "{slept:?}");
     assert_eq!(expired, None);
     assert_eq!(finished, Some(7));
+    runtime.shutdown_and_join();
+}
+
+/// Records the thread that wakes it, then wakes the task.
+struct WakeWitness {
+    task: std::task::Waker,
+    by: Mutex<Option<String>>,
+}
+
+impl std::task::Wake for WakeWitness {
+    fn wake(self: Arc<Self>) {
+        *self.by.lock().unwrap() = Some(thread_name());
+        self.task.wake_by_ref();
+    }
+}
+
+/// The engine's timer (`rt::Timer`), polled on a worker, is woken by that
+/// worker's own thread, not by a timer thread elsewhere; re-armed after
+/// firing, it fires again.
+#[test]
+fn an_engine_timer_is_woken_by_its_own_worker() {
+    let runtime = Runtime::new(1).unwrap();
+    let (tx, rx) = mpsc::channel();
+    runtime.spawn_on_worker(async move {
+        let mut timer = super::timer_at(Instant::now() + Duration::from_millis(10));
+        let mut wakers = Vec::new();
+        for round in 0..2 {
+            if round == 1 {
+                timer.set_after(Duration::from_millis(10));
+            }
+            let mut witness = None;
+            std::future::poll_fn(|cx| {
+                let w = witness.get_or_insert_with(|| {
+                    Arc::new(WakeWitness {
+                        task: cx.waker().clone(),
+                        by: Mutex::new(None),
+                    })
+                });
+                let waker = std::task::Waker::from(Arc::clone(w));
+                std::pin::Pin::new(&mut timer).poll(&mut std::task::Context::from_waker(&waker))
+            })
+            .await;
+            let by = witness.and_then(|w| w.by.lock().unwrap().clone());
+            wakers.push(by);
+        }
+        let _ = tx.send((thread_name(), wakers));
+    });
+    let (ran_on, woken_by) = rx.recv_timeout(WAIT).unwrap();
+    assert!(ran_on.starts_with("session-worker"), "{ran_on}");
+    assert_eq!(woken_by, vec![Some(ran_on.clone()), Some(ran_on)]);
     runtime.shutdown_and_join();
 }
 

@@ -114,7 +114,10 @@ static DEFAULT_WORKERS: AtomicUsize = AtomicUsize::new(0);
 pub(crate) fn set_worker_threads(count: usize) -> bool {
     let default = lock(&DEFAULT);
     DEFAULT_WORKERS.store(count, Ordering::SeqCst);
-    default.is_none()
+    // A shared runtime that was shut down is started again on next use.
+    default
+        .as_ref()
+        .is_none_or(|runtime| runtime.pool.stopped.load(Ordering::Acquire))
 }
 
 impl Runtime {
