@@ -246,7 +246,12 @@ fn shutdown_and_join_ends_every_session_once_and_the_threads() {
     let mut ended = Vec::new();
     while let Ok(event) = events.try_recv() {
         match event {
-            Seen::Disconnected(id, DisconnectReason::Shutdown, _) => ended.push(id),
+            // On its worker, as it stopped.
+            Seen::Disconnected(id, DisconnectReason::Shutdown, thread)
+                if thread.starts_with("session-worker") =>
+            {
+                ended.push(id)
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -498,7 +498,12 @@ impl Task {
             let mut remote = lock(&worker.remote);
             if remote.stopped {
                 drop(remote);
-                self.discard();
+                // A task that has run on the worker is dropped there, by
+                // its sweep (a session's `on_disconnected` runs on its
+                // worker); one that never reached it is dropped here.
+                if self.live.load(Ordering::Relaxed) == NOT_LIVE {
+                    self.discard();
+                }
                 return;
             }
             remote.tasks.push(self);
@@ -509,8 +514,8 @@ impl Task {
         }
     }
 
-    /// Drops the future of a task whose worker has stopped, unless it is
-    /// running (then its worker drops it).
+    /// Drops the future of a task that its stopped worker never ran,
+    /// unless it is being dropped already.
     fn discard(&self) {
         let future = match self.future.try_lock() {
             Ok(mut slot) => slot.take(),
