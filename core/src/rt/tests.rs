@@ -408,3 +408,29 @@ fn the_shared_runtime_is_one_and_set_worker_threads_says_if_it_applies() {
         "the shared runtime is running"
     );
 }
+
+/// A worker whose poller cannot be created (a process out of file
+/// descriptors, say) makes `Runtime::new` fail with an error naming it,
+/// instead of panicking; the workers started before it are stopped.
+#[test]
+fn a_poller_that_cannot_be_created_is_an_error_not_a_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    fn second_fails() -> std::io::Result<super::poller::Poller> {
+        if MADE.fetch_add(1, Ordering::SeqCst) == 1 {
+            return Err(std::io::Error::from_raw_os_error(24)); // EMFILE
+        }
+        super::poller::Poller::new()
+    }
+    let err = Runtime::build(3, second_fails).expect_err("the second poller fails");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("create session worker 1's poller: "),
+        "{text}"
+    );
+    assert_eq!(
+        MADE.load(Ordering::SeqCst),
+        2,
+        "no worker after the failure"
+    );
+}

@@ -138,7 +138,7 @@ impl Runtime {
         Runtime::build(workers, Poller::oneshot)
     }
 
-    fn build(workers: usize, poller: fn() -> io::Result<Poller>) -> io::Result<Runtime> {
+    pub(super) fn build(workers: usize, poller: fn() -> io::Result<Poller>) -> io::Result<Runtime> {
         let count = match workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -754,14 +754,13 @@ impl TcpStream {
         mut op: impl FnMut(&StdTcpStream) -> io::Result<T>,
         drained: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
-        self.register()?;
         let TcpStream {
             registration,
             read_blocked,
             write_blocked,
             socket,
         } = self;
-        let registration = registration.as_ref().expect("registered above");
+        let registration = registered(registration, socket)?;
         let source = &registration.source;
         let (generation, waker, blocked_at) = match direction {
             Direction::Read => (&source.read_gen, &source.read_waker, read_blocked),
@@ -798,13 +797,20 @@ impl TcpStream {
         self.read_blocked = u64::MAX;
         Ok(())
     }
+}
 
-    #[inline]
-    fn register(&mut self) -> io::Result<()> {
-        if self.registration.is_none() {
-            self.registration = Some(Registration::new(&self.socket)?);
-        }
-        Ok(())
+/// The socket's registration, made on first use.
+#[inline]
+fn registered<'a>(
+    slot: &'a mut Option<Registration>,
+    socket: &impl AsSource,
+) -> io::Result<&'a Registration> {
+    if slot.is_none() {
+        *slot = Some(Registration::new(socket)?);
+    }
+    match slot {
+        Some(registration) => Ok(registration),
+        None => Err(io::Error::other("a socket without its registration")),
     }
 }
 
@@ -944,12 +950,9 @@ impl TcpListener {
 
     /// Accepts one connection once one waits.
     pub(crate) fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
-        if self.registration.is_none() {
-            self.registration = Some(Registration::new(&self.socket)?);
-        }
-        let registration = self.registration.as_ref().expect("registered above");
-        let source = &registration.source;
         let socket = &self.socket;
+        let registration = registered(&mut self.registration, socket)?;
+        let source = &registration.source;
         let accepted = poll_io(
             cx,
             &source.read_gen,
