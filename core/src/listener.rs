@@ -119,6 +119,7 @@ impl Listener {
     /// ([`Runtime::default_shared`]); an error starting that runtime is
     /// returned here.
     pub async fn bind(ip: &IpInformation, config: SessionConfig) -> io::Result<Listener> {
+        config.validated()?;
         Listener::bind_on(&Runtime::default_shared()?, ip, config).await
     }
 
@@ -270,12 +271,14 @@ impl Listener {
         } else {
             vec![sockets]
         };
+        // Every socket made non-blocking before any loop starts: an error
+        // leaves no loop behind.
+        let groups = groups
+            .into_iter()
+            .map(|group| group.into_iter().map(rt::TcpListener::new).collect())
+            .collect::<io::Result<Vec<Vec<_>>>>()?;
         let mut done = Vec::new();
         for (worker, listeners) in groups.into_iter().enumerate() {
-            let listeners = listeners
-                .into_iter()
-                .map(rt::TcpListener::new)
-                .collect::<io::Result<Vec<_>>>()?;
             let (finished, wait) = futures::channel::oneshot::channel::<()>();
             done.push(wait);
             let context = AcceptContext {
