@@ -538,20 +538,19 @@ fn start<S: Session>(
     active.shared.accepted.fetch_add(1, Ordering::Relaxed);
     active.shared.sessions.insert(handle);
     active.id = Some(id);
-    let engine = async move {
-        // Declared first, dropped last: the session leaves the registry
-        // after its `on_disconnected`, also when the task is dropped.
-        let active = active;
-        let engine = engine;
+    // The session leaves the registry after its `on_disconnected`, also
+    // when the task is dropped: `Map` drops the engine before the closure
+    // that holds `active`.
+    let engine = AssertUnwindSafe(engine).catch_unwind().map(move |ended| {
         // The engine catches the user's panics; this catches its own.
-        if let Err(payload) = AssertUnwindSafe(engine).catch_unwind().await {
+        if let Err(payload) = ended {
             log::error!(
                 "session {id}: engine panicked: {}",
                 panic_message(payload.as_ref())
             );
         }
         drop(active);
-    };
+    });
     (id, engine)
 }
 

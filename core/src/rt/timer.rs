@@ -47,8 +47,9 @@ enum Backend {
     None,
     /// In the timers of `worker`, whose thread polls it.
     Worker { worker: Arc<Worker>, key: usize },
-    /// Polled off the workers.
-    Fallback(async_io::Timer),
+    /// Polled off the workers (boxed: a timer on a worker, the common
+    /// case, stays small inside its session).
+    Fallback(Box<async_io::Timer>),
 }
 
 impl fmt::Debug for Timer {
@@ -138,7 +139,7 @@ impl Future for Timer {
         }
         if !matches!(this.backend, Backend::Fallback(_)) {
             this.release();
-            this.backend = Backend::Fallback(async_io::Timer::at(deadline));
+            this.backend = Backend::Fallback(Box::new(async_io::Timer::at(deadline)));
         } else if this.moved {
             if let Backend::Fallback(timer) = &mut this.backend {
                 timer.set_at(deadline);
@@ -148,7 +149,7 @@ impl Future for Timer {
         let Backend::Fallback(timer) = &mut this.backend else {
             unreachable!("set above")
         };
-        match Pin::new(timer).poll(cx) {
+        match Pin::new(&mut **timer).poll(cx) {
             Poll::Ready(_) => {
                 this.armed = false;
                 Poll::Ready(deadline)

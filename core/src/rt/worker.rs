@@ -1,4 +1,5 @@
-//! The threads that run sessions: each is an executor and a reactor at once.
+//! The threads that run sessions: each is an executor, a reactor and a
+//! timer heap at once, and [`Runtime`] is a handle to a set of them.
 //!
 //! Every worker thread owns a poller (epoll on Linux) and runs the tasks
 //! spawned on it. A socket is registered with its worker's poller once,
@@ -8,10 +9,18 @@
 //! so the common path has no cross-thread wake-up and no `epoll_ctl` per
 //! wait. (async-io, under async-std, re-arms each socket on every wait and
 //! drives its reactor from another thread; on this project's machines that
-//! costs about twice the system calls for the same echo.)
+//! costs about twice the system calls for the same echo.) Where the poller
+//! cannot be edge-triggered (polling on Windows' IOCP), a socket is armed,
+//! oneshot, for the direction a task is about to wait on.
 //!
-//! Wakes from other threads (a `send` from another task, a timer) push the
-//! task onto the worker's remote queue and wake its poller only if it sleeps.
+//! Timers (see `timer`) live on the worker too: the poller's wait ends at
+//! the next deadline, and a due timer wakes its task on the same thread.
+//! Wakes from other threads (a `send` from another task) push the task onto
+//! the worker's remote queue and wake its poller only if it sleeps.
+//!
+//! A worker remembers every task it has run and not finished: when its
+//! runtime stops, it drops them all on its own thread, so a session's
+//! `on_disconnected` (reason `Shutdown`) runs where its other callbacks did.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -20,7 +29,7 @@ use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
@@ -292,7 +301,7 @@ fn spawn_on(worker: Arc<Worker>, future: impl Future<Output = ()> + Send + 'stat
     let task = Arc::new(Task {
         future: Mutex::new(Some(Box::pin(future))),
         scheduled: AtomicBool::new(false),
-        live: AtomicUsize::new(NOT_LIVE),
+        live: AtomicU32::new(NOT_LIVE),
         worker,
     });
     task.schedule();
@@ -473,14 +482,15 @@ impl Worker {
 }
 
 /// A task not in its worker's live set.
-const NOT_LIVE: usize = usize::MAX;
+const NOT_LIVE: u32 = u32::MAX;
 
 struct Task {
     future: Mutex<Option<BoxFuture>>,
     /// In a ready queue already: a second wake does nothing.
     scheduled: AtomicBool,
-    /// Its key in its worker's live set, once it has run there.
-    live: AtomicUsize,
+    /// Its key in its worker's live set, once it has run there (32 bits:
+    /// with `scheduled`, one word).
+    live: AtomicU32,
     worker: Arc<Worker>,
 }
 
@@ -534,8 +544,16 @@ impl Task {
             return;
         };
         if self.live.load(Ordering::Relaxed) == NOT_LIVE {
-            let key = LIVE.with(|live| live.borrow_mut().insert(Arc::clone(&self)));
-            self.live.store(key, Ordering::Relaxed);
+            LIVE.with(|live| {
+                let mut live = live.borrow_mut();
+                let key = live.insert(Arc::clone(&self));
+                match u32::try_from(key) {
+                    Ok(key) if key != NOT_LIVE => self.live.store(key, Ordering::Relaxed),
+                    // Four billion live tasks on one worker: this one is
+                    // not swept at shutdown.
+                    _ => live.remove(key),
+                }
+            });
         }
         let done = match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
             Ok(Poll::Pending) => false,
@@ -552,7 +570,9 @@ impl Task {
             drop(slot);
             drop(future);
             let key = self.live.swap(NOT_LIVE, Ordering::Relaxed);
-            let _ = LIVE.try_with(|live| live.borrow_mut().remove(key));
+            if key != NOT_LIVE {
+                let _ = LIVE.try_with(|live| live.borrow_mut().remove(key as usize));
+            }
         }
     }
 }
