@@ -87,15 +87,18 @@ pub use ip_information::IpInformation;
 pub use job_queue::{JobQueue, PushError};
 pub use listener::{Listener, ListenerStats, ListenerStatsHandle};
 pub use registry::{BroadcastReport, Registry};
+pub use rt::Runtime;
 pub use session::{DisconnectReason, SendError, Session, SessionHandle, SessionId};
 pub use shutdown::ShutdownHandle;
 
-/// Sets how many worker threads run sessions; the default is one per core
-/// this process may use.
+/// Sets how many worker threads the process's shared [`Runtime`] starts
+/// with; the default is one per core this process may use.
 ///
-/// Each worker is an executor and a reactor at once, and a session stays on
-/// the worker it started on. Takes effect only when called before the first
-/// session starts; returns whether it did.
+/// Each worker is an executor, a reactor and a timer heap at once, and a
+/// session stays on the worker it started on. Takes effect only when called
+/// before the shared runtime starts (the first [`Listener::bind`] or
+/// [`Connector::connect`] without a runtime of its own, or
+/// [`Runtime::default_shared`]); returns whether it did.
 pub fn set_worker_threads(count: usize) -> bool {
     rt::set_worker_threads(count)
 }

@@ -4,7 +4,6 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
@@ -13,6 +12,8 @@ use std::time::Duration;
 use futures::future::{Either, select};
 use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream, StreamExt};
+
+use crate::rt::Runtime;
 
 use crate::config::SessionConfig;
 use crate::connection::{panic_message, run_session};
@@ -51,7 +52,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Debug)]
 pub struct Listener {
-    sockets: Vec<rt::TcpListener>,
+    sockets: Vec<std::net::TcpListener>,
     /// With `reuse_port`: for each worker after the first, its own sockets
     /// on the same addresses, bound here so that no connection lands before
     /// every worker's socket exists.
@@ -60,6 +61,7 @@ pub struct Listener {
     config: SessionConfig,
     shutdown: ShutdownHandle,
     shared: Arc<ListenerShared>,
+    runtime: Runtime,
 }
 
 /// Counters of one listener, read with [`Listener::stats`].
@@ -112,7 +114,41 @@ impl Listener {
     /// the port the first one got). Fails if none could be bound, naming
     /// each address and its error; an address that fails while another
     /// binds (say `::1` on a host without IPv6) is logged and skipped.
+    ///
+    /// Its sessions run on the process's shared runtime
+    /// ([`Runtime::default_shared`]); an error starting that runtime is
+    /// returned here.
     pub async fn bind(ip: &IpInformation, config: SessionConfig) -> io::Result<Listener> {
+        config.validated()?;
+        Listener::bind_on(&Runtime::default_shared()?, ip, config).await
+    }
+
+    /// As [`bind`](Self::bind), with the accept loops and sessions on the
+    /// workers of `runtime`.
+    ///
+    /// ```no_run
+    /// use session_core::{IpInformation, Listener, Runtime, Session, SessionConfig, SessionHandle};
+    ///
+    /// struct Quiet;
+    /// impl Session for Quiet {
+    ///     fn on_received(&mut self, _: &SessionHandle, _: &[u8]) {}
+    /// }
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let runtime = Runtime::new(2)?;
+    /// let ip = IpInformation::resolve("127.0.0.1", 0).await?;
+    /// let listener = Listener::bind_on(&runtime, &ip, SessionConfig::default()).await?;
+    /// let stop = listener.shutdown_handle();
+    /// // ... hand `stop` to whatever decides when to stop ...
+    /// listener.run(|| Quiet).await?;
+    /// runtime.shutdown_and_join();
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_on(
+        runtime: &Runtime,
+        ip: &IpInformation,
+        config: SessionConfig,
+    ) -> io::Result<Listener> {
         config.validated()?;
         let mut sockets = Vec::new();
         let mut addrs = Vec::new();
@@ -121,9 +157,9 @@ impl Listener {
         for endpoint in ip.endpoints() {
             let mut addr = *endpoint;
             addr.set_port(port);
-            match rt::bind(addr, config.reuse_port).await {
+            match rt::bind(addr, config.reuse_port) {
                 Ok(socket) => {
-                    let bound = socket.get_ref().local_addr()?;
+                    let bound = socket.local_addr()?;
                     port = bound.port();
                     addrs.push(bound);
                     sockets.push(socket);
@@ -145,7 +181,7 @@ impl Listener {
             log::warn!("bind {ip}: skipped {addr}: {e}");
         }
         let more = if config.reuse_port {
-            (1..rt::worker_count())
+            (1..runtime.worker_count())
                 .map(|_| {
                     addrs
                         .iter()
@@ -163,6 +199,7 @@ impl Listener {
             config,
             shutdown: ShutdownHandle::default(),
             shared: Arc::default(),
+            runtime: runtime.clone(),
         })
     }
 
@@ -224,57 +261,58 @@ impl Listener {
             config,
             shutdown,
             shared,
+            runtime,
         } = self;
-        if config.reuse_port {
-            let mut done = Vec::new();
-            let first = sockets
-                .into_iter()
-                .map(|s| s.into_inner())
-                .collect::<io::Result<Vec<_>>>()?;
-            for (worker, listeners) in std::iter::once(first).chain(more).enumerate() {
-                let listeners = listeners
-                    .into_iter()
-                    .map(rt::WorkerListener::new)
-                    .collect::<io::Result<Vec<_>>>()?;
-                let (finished, wait) = futures::channel::oneshot::channel::<()>();
-                done.push(wait);
-                let context = AcceptContext {
-                    addrs: addrs.clone(),
-                    config: config.clone(),
-                    shared: Arc::clone(&shared),
-                    shutdown: shutdown.clone(),
-                    spawn: rt::spawn_here,
-                };
-                let factory = factory.clone();
-                rt::spawn_on_index(worker, async move {
-                    let mut listeners = listeners;
-                    let incoming = futures::stream::poll_fn(|cx| {
-                        for listener in listeners.iter_mut() {
-                            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
-                                return Poll::Ready(Some(accepted));
-                            }
-                        }
-                        Poll::Pending
-                    });
-                    context.accept_loop(incoming, factory).await;
-                    let _ = finished.send(());
-                });
-            }
-            for wait in done {
-                let _ = wait.await;
-            }
+        // One accept loop per worker with `reuse_port`, each on a socket of
+        // its own and keeping its sessions; else one, on one worker, that
+        // hands sessions to the workers in turn.
+        let groups: Vec<Vec<std::net::TcpListener>> = if config.reuse_port {
+            std::iter::once(sockets).chain(more).collect()
         } else {
-            let incoming = futures::stream::select_all(sockets.iter().map(rt::incoming));
+            vec![sockets]
+        };
+        // Every socket made non-blocking before any loop starts: an error
+        // leaves no loop behind.
+        let groups = groups
+            .into_iter()
+            .map(|group| group.into_iter().map(rt::TcpListener::new).collect())
+            .collect::<io::Result<Vec<Vec<_>>>>()?;
+        let mut done = Vec::new();
+        for (worker, listeners) in groups.into_iter().enumerate() {
+            let (finished, wait) = futures::channel::oneshot::channel::<()>();
+            done.push(wait);
             let context = AcceptContext {
-                addrs,
+                addrs: addrs.clone(),
                 config: config.clone(),
                 shared: Arc::clone(&shared),
-                shutdown,
-                spawn: rt::spawn_on_worker,
+                shutdown: shutdown.clone(),
+                spawn: if config.reuse_port {
+                    Spawn::Here(runtime.clone())
+                } else {
+                    Spawn::InTurn(runtime.clone())
+                },
             };
-            context.accept_loop(incoming, factory).await;
-            // Stop accepting at once: a balancer sends new connections elsewhere.
-            drop(sockets);
+            let factory = factory.clone();
+            runtime.spawn_on_index(worker, async move {
+                let mut listeners = listeners;
+                let incoming = futures::stream::poll_fn(|cx| {
+                    for listener in listeners.iter_mut() {
+                        if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                            return Poll::Ready(Some(accepted));
+                        }
+                    }
+                    Poll::Pending
+                });
+                context.accept_loop(incoming, factory).await;
+                // Stop accepting at once: a balancer sends new connections
+                // elsewhere.
+                drop(listeners);
+                let _ = finished.send(());
+            });
+        }
+        // A loop that ends without a word was dropped: its runtime stopped.
+        for wait in done {
+            let _ = wait.await;
         }
         close_all(&shared, config.drain_timeout).await;
         Ok(())
@@ -288,7 +326,24 @@ struct AcceptContext {
     shared: Arc<ListenerShared>,
     shutdown: ShutdownHandle,
     /// Where a new session's task goes.
-    spawn: fn(Pin<Box<dyn Future<Output = ()> + Send>>),
+    spawn: Spawn,
+}
+
+/// Where an accept loop puts the sessions it starts.
+enum Spawn {
+    /// On its own worker (one accept loop per worker).
+    Here(Runtime),
+    /// On the workers in turn (one accept loop for all).
+    InTurn(Runtime),
+}
+
+impl Spawn {
+    fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        match self {
+            Spawn::Here(runtime) => runtime.spawn_here(future),
+            Spawn::InTurn(runtime) => runtime.spawn_on_worker(future),
+        }
+    }
 }
 
 impl AcceptContext {
@@ -338,7 +393,7 @@ impl AcceptContext {
                 shared,
                 shutdown,
                 &mut factory,
-                self.spawn,
+                &self.spawn,
             );
         }
     }
@@ -383,7 +438,7 @@ fn accept_one<S, F>(
     shared: &Arc<ListenerShared>,
     shutdown: &ShutdownHandle,
     factory: &mut F,
-    spawn: fn(Pin<Box<dyn Future<Output = ()> + Send>>),
+    spawn: &Spawn,
 ) where
     S: Session,
     F: FnMut() -> S,
@@ -413,13 +468,18 @@ fn accept_one<S, F>(
         }
     };
     shared.active.fetch_add(1, Ordering::AcqRel);
+    let active = Active {
+        shared: Arc::clone(shared),
+        id: None,
+    };
     if !config.proxy_protocol {
-        let (_, engine) = start(stream, peer, local, config, shared, session);
-        spawn(Box::pin(engine));
+        let (_, engine) = start(stream, peer, local, config, active, session);
+        spawn.spawn(engine);
         return;
     }
     let (config, shared, shutdown) = (config.clone(), Arc::clone(shared), shutdown.clone());
-    spawn(Box::pin(async move {
+    spawn.spawn(async move {
+        let active = active;
         let mut stream = stream;
         let header = rt::timeout(
             config.proxy_header_timeout,
@@ -432,11 +492,11 @@ fn accept_one<S, F>(
             Err(e) => {
                 shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
                 log::debug!("connection from {peer} closed: {e}");
-                shared.remove(None);
+                drop(active);
                 return;
             }
         };
-        let (id, engine) = start(stream, client, local, &config, &shared, session);
+        let (id, engine) = start(stream, client, local, &config, active, session);
         // A shutdown that began during the header still reaches this
         // session: `close_all` may have taken its list before the session
         // was in it.
@@ -446,7 +506,21 @@ fn accept_one<S, F>(
             }
         }
         engine.await;
-    }));
+    });
+}
+
+/// One connection counted in [`ListenerStats::active`]: it leaves the count
+/// (and its session the registry) when dropped, whether the session ended
+/// or its runtime stopped and dropped it.
+struct Active {
+    shared: Arc<ListenerShared>,
+    id: Option<SessionId>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.shared.remove(self.id);
+    }
 }
 
 /// Registers a session; returns its id and the future that runs it and then
@@ -456,24 +530,27 @@ fn start<S: Session>(
     peer: SocketAddr,
     local: SocketAddr,
     config: &SessionConfig,
-    shared: &Arc<ListenerShared>,
+    mut active: Active,
     session: S,
 ) -> (SessionId, impl Future<Output = ()> + Send + 'static) {
     let (handle, engine) = run_session(stream, peer, local, config, session);
     let id = handle.id();
-    shared.accepted.fetch_add(1, Ordering::Relaxed);
-    shared.sessions.insert(handle);
-    let shared = Arc::clone(shared);
-    let engine = async move {
+    active.shared.accepted.fetch_add(1, Ordering::Relaxed);
+    active.shared.sessions.insert(handle);
+    active.id = Some(id);
+    // The session leaves the registry after its `on_disconnected`, also
+    // when the task is dropped: `Map` drops the engine before the closure
+    // that holds `active`.
+    let engine = AssertUnwindSafe(engine).catch_unwind().map(move |ended| {
         // The engine catches the user's panics; this catches its own.
-        if let Err(payload) = AssertUnwindSafe(engine).catch_unwind().await {
+        if let Err(payload) = ended {
             log::error!(
                 "session {id}: engine panicked: {}",
                 panic_message(payload.as_ref())
             );
         }
-        shared.remove(Some(id));
-    };
+        drop(active);
+    });
     (id, engine)
 }
 

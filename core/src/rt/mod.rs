@@ -1,38 +1,33 @@
 //! The only module that names the async runtime.
 //!
 //! Everything else in the crate is written against the `futures` I/O traits.
-//! Sessions run on the crate's own worker threads (see `worker`), each an
-//! executor and an edge-triggered reactor at once; everything else (the
-//! accept loop, connecting, name resolution, timers, job queues) runs on
-//! async-std and its reactor, async-io. Moving to another runtime built on
+//! Sessions run on the crate's own worker threads ([`Runtime`], see
+//! `worker`), each an executor, an edge-triggered reactor and a timer heap
+//! at once: a session's reads, writes and timers, the accept loops and the
+//! connecting all run there. What the user awaits (`Listener::run`,
+//! `Connector::connect`, job queues, name resolution) runs on async-std;
+//! a timer polled there is async-io's. Moving to another runtime built on
 //! async-io (smol, for example) is a change of this module alone.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use async_io::Async;
-use futures::stream::{self, Stream};
 
 mod poller;
+#[cfg(test)]
+mod tests;
+mod timer;
 mod worker;
 
-pub(crate) use worker::{
-    TcpListener as WorkerListener, TcpStream, set_worker_threads, spawn_here, spawn_on_index,
-    spawn_on_worker, worker_count,
-};
+pub use worker::Runtime;
 
-/// A listening socket on async-io's reactor: accepting is not the hot path.
-pub(crate) type TcpListener = Async<std::net::TcpListener>;
-
-/// A timer that can be re-armed without allocating.
-pub(crate) type Timer = async_io::Timer;
+pub(crate) use timer::{Timer, sleep, timeout, timer_at};
+pub(crate) use worker::{TcpListener, TcpStream, connect, set_worker_threads};
 
 /// A handle that waits for a spawned task's output.
 pub(crate) type JoinHandle<T> = async_std::task::JoinHandle<T>;
 
-/// Runs `future` on the runtime's executor.
+/// Runs `future` on async-std's executor (job queues: not the workers).
 pub(crate) fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
@@ -41,27 +36,12 @@ where
     async_std::task::spawn(future)
 }
 
-/// Waits for `duration`.
-pub(crate) async fn sleep(duration: Duration) {
-    async_std::task::sleep(duration).await
-}
-
-/// A timer that fires at `deadline`.
-pub(crate) fn timer_at(deadline: Instant) -> Timer {
-    async_io::Timer::at(deadline)
-}
-
-/// Runs `future` for at most `duration`; `None` if it did not finish.
-pub(crate) async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
-    async_std::future::timeout(duration, future).await.ok()
-}
-
 /// Binds a TCP listener to `addr`, with `SO_REUSEPORT` if `reuse_port`.
-pub(crate) async fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     if reuse_port {
-        Async::new(bind_reuse_port(addr)?)
+        bind_reuse_port(addr)
     } else {
-        Async::<std::net::TcpListener>::bind(addr)
+        std::net::TcpListener::bind(addr)
     }
 }
 
@@ -94,26 +74,6 @@ pub(crate) fn bind_reuse_port(addr: SocketAddr) -> io::Result<std::net::TcpListe
         io::ErrorKind::Unsupported,
         format!("bind {addr}: SO_REUSEPORT is not available on this system"),
     ))
-}
-
-/// The connections `listener` accepts, as a stream; each socket goes to a
-/// worker untouched by async-io's reactor.
-pub(crate) fn incoming(
-    listener: &TcpListener,
-) -> impl Stream<Item = io::Result<TcpStream>> + Send + Unpin + '_ {
-    Box::pin(stream::unfold(listener, |listener| async move {
-        let accepted = listener.read_with(|l| l.accept()).await;
-        Some((
-            accepted.and_then(|(socket, _)| TcpStream::new(socket)),
-            listener,
-        ))
-    }))
-}
-
-/// Opens a TCP connection to `addr`.
-pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let connected = Async::<std::net::TcpStream>::connect(addr).await?;
-    TcpStream::new(connected.into_inner()?)
 }
 
 /// Resolves `host:port` with the system resolver, in the resolver's order,

@@ -1,4 +1,5 @@
-//! The threads that run sessions: each is an executor and a reactor at once.
+//! The threads that run sessions: each is an executor, a reactor and a
+//! timer heap at once, and [`Runtime`] is a handle to a set of them.
 //!
 //! Every worker thread owns a poller (epoll on Linux) and runs the tasks
 //! spawned on it. A socket is registered with its worker's poller once,
@@ -8,23 +9,33 @@
 //! so the common path has no cross-thread wake-up and no `epoll_ctl` per
 //! wait. (async-io, under async-std, re-arms each socket on every wait and
 //! drives its reactor from another thread; on this project's machines that
-//! costs about twice the system calls for the same echo.)
+//! costs about twice the system calls for the same echo.) Where the poller
+//! cannot be edge-triggered (polling on Windows' IOCP), a socket is armed,
+//! oneshot, for the direction a task is about to wait on.
 //!
-//! Wakes from other threads (a `send` from another task, a timer) push the
-//! task onto the worker's remote queue and wake its poller only if it sleeps.
+//! Timers (see `timer`) live on the worker too: the poller's wait ends at
+//! the next deadline, and a due timer wakes its task on the same thread.
+//! Wakes from other threads (a `send` from another task) push the task onto
+//! the worker's remote queue and wake its poller only if it sleeps.
+//!
+//! A worker remembers every task it has run and not finished: when its
+//! runtime stops, it drops them all on its own thread, so a session's
+//! `on_disconnected` (reason `Shutdown`) runs where its other callbacks did.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::io::{self, IoSlice, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
 
-use super::poller::{AsSource, Events, Poller};
+use super::poller::{AsSource, Events, Mode, Poller};
+use super::timer;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 
@@ -38,118 +49,313 @@ const TASKS_PER_TURN: usize = 256;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The process's workers, started on first use.
-struct Pool {
-    workers: Vec<Arc<Worker>>,
-    next: AtomicUsize,
+/// The worker threads that run sessions: each an executor, a reactor and
+/// a timer heap at once.
+///
+/// A session lives on one worker: its reads, writes and timers (idle,
+/// drain, linger, the PROXY header's deadline) run there, and so do the
+/// accept loops of a [`Listener`](crate::Listener) and the connecting of a
+/// [`Connector`](crate::Connector) bound to this runtime. A `Runtime` is a
+/// handle: clones share the same workers.
+///
+/// [`Listener::bind`](crate::Listener::bind) and
+/// [`Connector::new`](crate::Connector::new) use a runtime shared by the
+/// whole process ([`Runtime::default_shared`]); give a listener or
+/// connector a runtime of its own with
+/// [`Listener::bind_on`](crate::Listener::bind_on) and
+/// [`Connector::with_runtime`](crate::Connector::with_runtime).
+///
+/// ```
+/// use session_core::Runtime;
+///
+/// let runtime = Runtime::new(2)?;
+/// assert_eq!(runtime.worker_count(), 2);
+/// // ... bind listeners and connectors on it (`Listener::bind_on`,
+/// // `Connector::with_runtime`) ...
+/// // Stops the workers: sessions still running end with
+/// // `DisconnectReason::Shutdown`.
+/// runtime.shutdown_and_join();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// When the last handle (including those held by listeners and
+/// connectors) is dropped, the workers stop, as with
+/// [`shutdown`](Self::shutdown), without being waited for.
+#[derive(Clone)]
+pub struct Runtime {
+    pool: Arc<Pool>,
 }
 
-static POOL: OnceLock<Pool> = OnceLock::new();
-/// Workers to start; 0 means one per available core.
-static WORKERS: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets how many worker threads run sessions. Takes effect only before the
-/// first session starts; returns whether it did.
-pub(crate) fn set_worker_threads(count: usize) -> bool {
-    WORKERS.store(count, Ordering::SeqCst);
-    POOL.get().is_none()
-}
-
-fn pool() -> &'static Pool {
-    POOL.get_or_init(|| {
-        let count = match WORKERS.load(Ordering::SeqCst) {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let workers = (0..count)
-            .map(|id| {
-                let worker = Arc::new(Worker {
-                    id,
-                    poller: Poller::new().expect("create the worker's poller (epoll)"),
-                    remote: Mutex::new(Remote::default()),
-                    sources: Mutex::new(Slab::default()),
-                });
-                let run = Arc::clone(&worker);
-                std::thread::Builder::new()
-                    .name(format!("session-worker-{id}"))
-                    .spawn(move || run.run())
-                    .expect("start a session worker thread");
-                worker
-            })
-            .collect();
-        Pool {
-            workers,
-            next: AtomicUsize::new(0),
-        }
-    })
-}
-
-impl Pool {
-    fn pick(&self) -> &Arc<Worker> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.workers[i % self.workers.len()]
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("workers", &self.pool.workers.len())
+            .field("stopped", &self.pool.stopped.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
-/// Runs `future` on one of the workers, chosen in turn.
-pub(crate) fn spawn_on_worker(future: impl Future<Output = ()> + Send + 'static) {
-    spawn_on(Arc::clone(pool().pick()), future);
+/// The workers of one runtime.
+struct Pool {
+    workers: Vec<Arc<Worker>>,
+    next: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
 }
 
-/// Runs `future` on the worker of this thread, or on one chosen in turn
-/// when this is not a worker's thread: a session accepted by a worker's
-/// own accept loop stays there.
-pub(crate) fn spawn_here(future: impl Future<Output = ()> + Send + 'static) {
-    let pool = pool();
-    let worker = match CURRENT.get() {
-        Some(id) => Arc::clone(&pool.workers[id]),
-        None => Arc::clone(pool.pick()),
-    };
-    spawn_on(worker, future);
+/// Tells the workers to stop when the last handle goes.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
-/// Runs `future` on worker number `index` (modulo their number).
-pub(crate) fn spawn_on_index(index: usize, future: impl Future<Output = ()> + Send + 'static) {
-    let pool = pool();
-    spawn_on(
-        Arc::clone(&pool.workers[index % pool.workers.len()]),
-        future,
-    );
+/// Tells workers apart across runtimes (0 is no worker).
+static NEXT_WORKER_UID: AtomicUsize = AtomicUsize::new(1);
+
+/// The process's shared runtime, started on first use.
+static DEFAULT: Mutex<Option<Runtime>> = Mutex::new(None);
+/// Workers the shared runtime starts with; 0 means one per available core.
+static DEFAULT_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many worker threads the shared runtime starts with. Takes
+/// effect only before it starts; returns whether it did.
+pub(crate) fn set_worker_threads(count: usize) -> bool {
+    let default = lock(&DEFAULT);
+    DEFAULT_WORKERS.store(count, Ordering::SeqCst);
+    // A shared runtime that was shut down is started again on next use.
+    default
+        .as_ref()
+        .is_none_or(|runtime| runtime.pool.stopped.load(Ordering::Acquire))
 }
 
-/// How many workers run sessions (starting them if they were not yet).
-pub(crate) fn worker_count() -> usize {
-    pool().workers.len()
+impl Runtime {
+    /// Starts `workers` worker threads (0: one per core this process may
+    /// use), named `session-worker-N`.
+    ///
+    /// Fails if a poller or a thread cannot be created (for example when
+    /// the process is out of file descriptors); the workers started before
+    /// the failure are stopped and joined.
+    pub fn new(workers: usize) -> io::Result<Runtime> {
+        Runtime::build(workers, Poller::new)
+    }
+
+    /// A runtime whose workers poll in oneshot mode (the mode of systems
+    /// without edge-triggering), for tests on any system.
+    #[cfg(test)]
+    pub(crate) fn new_oneshot(workers: usize) -> io::Result<Runtime> {
+        Runtime::build(workers, Poller::oneshot)
+    }
+
+    pub(super) fn build(workers: usize, poller: fn() -> io::Result<Poller>) -> io::Result<Runtime> {
+        let count = match workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut pool = Pool {
+            workers: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::with_capacity(count)),
+            stopped: AtomicBool::new(false),
+        };
+        let started = (0..count).try_for_each(|index| {
+            let worker = Arc::new(Worker {
+                uid: NEXT_WORKER_UID.fetch_add(1, Ordering::Relaxed),
+                index,
+                poller: poller().map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("create session worker {index}'s poller: {e}"),
+                    )
+                })?,
+                remote: Mutex::new(Remote::default()),
+                sources: Mutex::new(Slab::default()),
+            });
+            let run = Arc::clone(&worker);
+            let thread = std::thread::Builder::new()
+                .name(format!("session-worker-{index}"))
+                .spawn(move || run.run())
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("start session worker thread {index}: {e}"),
+                    )
+                })?;
+            pool.workers.push(worker);
+            lock(&pool.threads).push(thread);
+            Ok::<(), io::Error>(())
+        });
+        let runtime = Runtime {
+            pool: Arc::new(pool),
+        };
+        match started {
+            Ok(()) => Ok(runtime),
+            Err(e) => {
+                runtime.shutdown_and_join();
+                Err(e)
+            }
+        }
+    }
+
+    /// The runtime shared by the process, started on first use with
+    /// [`set_worker_threads`](crate::set_worker_threads) workers (default:
+    /// one per core). Used by [`Listener::bind`](crate::Listener::bind) and
+    /// [`Connector::new`](crate::Connector::new).
+    ///
+    /// A failure to start it is returned, and the next call tries again;
+    /// so does the call after it was shut down.
+    ///
+    /// ```
+    /// let runtime = session_core::Runtime::default_shared()?;
+    /// assert!(runtime.worker_count() >= 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn default_shared() -> io::Result<Runtime> {
+        let mut default = lock(&DEFAULT);
+        if let Some(runtime) = default.as_ref() {
+            if !runtime.pool.stopped.load(Ordering::Acquire) {
+                return Ok(runtime.clone());
+            }
+        }
+        let runtime = Runtime::new(DEFAULT_WORKERS.load(Ordering::SeqCst))?;
+        *default = Some(runtime.clone());
+        Ok(runtime)
+    }
+
+    /// How many worker threads it has.
+    pub fn worker_count(&self) -> usize {
+        self.pool.workers.len()
+    }
+
+    /// Tells every worker to stop, without waiting: each drops the tasks
+    /// still on it (a session ends with `DisconnectReason::Shutdown`, its
+    /// `on_disconnected` called on the worker) and its thread ends. Tasks
+    /// handed to it afterwards are dropped at once.
+    pub fn shutdown(&self) {
+        self.pool.stop();
+    }
+
+    /// Stops the workers as [`shutdown`](Self::shutdown) does, then waits
+    /// until their threads have ended. Called on one of this runtime's own
+    /// workers, it does not wait for that one.
+    pub fn shutdown_and_join(self) {
+        self.pool.stop();
+        let threads = std::mem::take(&mut *lock(&self.pool.threads));
+        let here = std::thread::current().id();
+        for thread in threads {
+            if thread.thread().id() != here {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Whether both are handles of the same workers.
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &Runtime) -> bool {
+        Arc::ptr_eq(&self.pool, &other.pool)
+    }
+
+    fn pick(&self) -> &Arc<Worker> {
+        let i = self.pool.next.fetch_add(1, Ordering::Relaxed);
+        &self.pool.workers[i % self.pool.workers.len()]
+    }
+
+    /// Runs `future` on one of the workers, chosen in turn.
+    pub(crate) fn spawn_on_worker(&self, future: impl Future<Output = ()> + Send + 'static) {
+        spawn_on(Arc::clone(self.pick()), future);
+    }
+
+    /// Runs `future` on the worker of this thread if it is one of this
+    /// runtime's, else on one chosen in turn: a session accepted by a
+    /// worker's own accept loop stays there.
+    pub(crate) fn spawn_here(&self, future: impl Future<Output = ()> + Send + 'static) {
+        let worker = match current() {
+            Some(worker) if self.pool.workers.iter().any(|w| Arc::ptr_eq(w, &worker)) => worker,
+            _ => Arc::clone(self.pick()),
+        };
+        spawn_on(worker, future);
+    }
+
+    /// Runs `future` on worker number `index` (modulo their number).
+    pub(crate) fn spawn_on_index(
+        &self,
+        index: usize,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let workers = &self.pool.workers;
+        spawn_on(Arc::clone(&workers[index % workers.len()]), future);
+    }
+}
+
+impl Pool {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        for worker in &self.workers {
+            lock(&worker.remote).stopping = true;
+            worker.poller.notify();
+        }
+    }
 }
 
 fn spawn_on(worker: Arc<Worker>, future: impl Future<Output = ()> + Send + 'static) {
     let task = Arc::new(Task {
         future: Mutex::new(Some(Box::pin(future))),
         scheduled: AtomicBool::new(false),
+        live: AtomicU32::new(NOT_LIVE),
         worker,
     });
     task.schedule();
 }
 
 thread_local! {
-    /// The id of the worker running on this thread, if any.
-    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The uid of the worker running on this thread, if any (0: none).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+    /// The worker running on this thread, if any.
+    static WORKER: RefCell<Option<Arc<Worker>>> = const { RefCell::new(None) };
     /// This worker's tasks that are ready to run.
     static READY: RefCell<VecDeque<Arc<Task>>> = const { RefCell::new(VecDeque::new()) };
+    /// Every task this worker has run and that has not finished: what it
+    /// drops when it stops.
+    static LIVE: RefCell<Slab<Arc<Task>>> = RefCell::new(Slab::default());
+}
+
+/// Whether this thread is `worker`'s.
+#[inline]
+pub(crate) fn is_current(worker: &Worker) -> bool {
+    CURRENT.get() == worker.uid
+}
+
+/// The worker of this thread, if it is one.
+pub(crate) fn current() -> Option<Arc<Worker>> {
+    if CURRENT.get() == 0 {
+        return None;
+    }
+    WORKER
+        .try_with(|worker| worker.borrow().clone())
+        .ok()
+        .flatten()
 }
 
 #[derive(Default)]
 struct Remote {
     tasks: Vec<Arc<Task>>,
+    /// Timers dropped on other threads, by key.
+    cancelled_timers: Vec<usize>,
     /// The worker is, or is about to be, blocked in its poller.
     sleeping: bool,
+    /// The runtime is shutting down: the worker drops its tasks and ends.
+    stopping: bool,
+    /// The worker has begun dropping its tasks: tasks woken or spawned
+    /// from other threads are dropped where they are.
+    stopped: bool,
 }
 
-struct Worker {
-    id: usize,
+pub(crate) struct Worker {
+    uid: usize,
+    index: usize,
     poller: Poller,
     remote: Mutex<Remote>,
-    sources: Mutex<Slab>,
+    sources: Mutex<Slab<Arc<Source>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,10 +363,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Worker {
+    /// Frees timer `key` of this worker, dropped on another thread.
+    pub(crate) fn cancel_timer(&self, key: usize) {
+        lock(&self.remote).cancelled_timers.push(key);
+    }
+
     fn run(self: Arc<Self>) {
-        CURRENT.set(Some(self.id));
+        CURRENT.set(self.uid);
+        WORKER.with(|worker| *worker.borrow_mut() = Some(Arc::clone(&self)));
         let mut events = Events::new();
         let mut woken = Vec::new();
+        let mut cancelled = Vec::new();
+        let mut due = Vec::new();
+        let oneshot = self.poller.mode() == Mode::Oneshot;
         loop {
             for _ in 0..TASKS_PER_TURN {
                 let Some(task) = READY.with(|ready| ready.borrow_mut().pop_front()) else {
@@ -170,14 +385,26 @@ impl Worker {
             }
             let block = {
                 let mut remote = lock(&self.remote);
+                if remote.stopping {
+                    break;
+                }
                 std::mem::swap(&mut remote.tasks, &mut woken);
+                std::mem::swap(&mut remote.cancelled_timers, &mut cancelled);
                 let idle = woken.is_empty() && READY.with(|ready| ready.borrow().is_empty());
                 remote.sleeping = idle;
                 idle
             };
             READY.with(|ready| ready.borrow_mut().extend(woken.drain(..)));
-            if let Err(e) = self.poller.wait(&mut events, block) {
-                log::error!("session worker {}: poller wait failed: {e}", self.id);
+            timer::remove_all(&mut cancelled);
+            // Blocks until the next timer is due at the latest: the timeout
+            // is the wait's own argument, no system call of its own.
+            let timeout = if block {
+                timer::next_timeout()
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            if let Err(e) = self.poller.wait(&mut events, timeout) {
+                log::error!("session worker {}: poller wait failed: {e}", self.index);
             }
             if block {
                 lock(&self.remote).sleeping = false;
@@ -190,6 +417,18 @@ impl Worker {
                         if event.read_closed {
                             source.read_closed.store(true, Ordering::Release);
                         }
+                        if oneshot {
+                            // One event disarms the socket: a direction
+                            // that was waited on but did not fire is
+                            // woken to look again, and re-arms.
+                            let armed = source.armed.swap(0, Ordering::AcqRel);
+                            if armed & READ != 0 && !event.readable {
+                                source.read_waker.wake();
+                            }
+                            if armed & WRITE != 0 && !event.writable {
+                                source.write_waker.wake();
+                            }
+                        }
                         if event.readable {
                             source.read_gen.fetch_add(1, Ordering::AcqRel);
                             source.read_waker.wake();
@@ -201,14 +440,57 @@ impl Worker {
                     }
                 }
             }
+            timer::fire_due(&mut due);
+            for waker in due.drain(..) {
+                waker.wake();
+            }
         }
+        self.stop();
+    }
+
+    /// Drops every task of this worker, on its own thread (a session's
+    /// `on_disconnected` runs here, its timers and sockets leave this
+    /// worker), until none is left.
+    fn stop(&self) {
+        let mut tasks = {
+            let mut remote = lock(&self.remote);
+            remote.stopped = true;
+            std::mem::take(&mut remote.tasks)
+        };
+        loop {
+            tasks.append(&mut lock(&self.remote).tasks);
+            READY.with(|ready| tasks.extend(ready.borrow_mut().drain(..)));
+            LIVE.with(|live| {
+                let live = std::mem::take(&mut *live.borrow_mut());
+                tasks.extend(live.entries.into_iter().flatten());
+            });
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks.drain(..) {
+                let future = lock(&task.future).take();
+                drop(future);
+            }
+        }
+        timer::clear();
+        let sources = std::mem::take(&mut *lock(&self.sources));
+        drop(sources);
+        WORKER.with(|worker| worker.borrow_mut().take());
+        CURRENT.set(0);
+        log::debug!("session worker {} stopped", self.index);
     }
 }
+
+/// A task not in its worker's live set.
+const NOT_LIVE: u32 = u32::MAX;
 
 struct Task {
     future: Mutex<Option<BoxFuture>>,
     /// In a ready queue already: a second wake does nothing.
     scheduled: AtomicBool,
+    /// Its key in its worker's live set, once it has run there (32 bits:
+    /// with `scheduled`, one word).
+    live: AtomicU32,
     worker: Arc<Worker>,
 }
 
@@ -217,19 +499,40 @@ impl Task {
         if self.scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
-        if CURRENT.get() == Some(self.worker.id) {
+        if is_current(&self.worker) {
             READY.with(|ready| ready.borrow_mut().push_back(self));
             return;
         }
         let worker = Arc::clone(&self.worker);
         let sleeping = {
             let mut remote = lock(&worker.remote);
+            if remote.stopped {
+                drop(remote);
+                // A task that has run on the worker is dropped there, by
+                // its sweep (a session's `on_disconnected` runs on its
+                // worker); one that never reached it is dropped here.
+                if self.live.load(Ordering::Relaxed) == NOT_LIVE {
+                    self.discard();
+                }
+                return;
+            }
             remote.tasks.push(self);
             remote.sleeping
         };
         if sleeping {
             worker.poller.notify();
         }
+    }
+
+    /// Drops the future of a task that its stopped worker never ran,
+    /// unless it is being dropped already.
+    fn discard(&self) {
+        let future = match self.future.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        drop(future);
     }
 
     fn run(self: Arc<Self>) {
@@ -240,14 +543,35 @@ impl Task {
         let Some(future) = slot.as_mut() else {
             return;
         };
-        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
-            Ok(Poll::Pending) => {}
-            Ok(Poll::Ready(())) => *slot = None,
+        if self.live.load(Ordering::Relaxed) == NOT_LIVE {
+            LIVE.with(|live| {
+                let mut live = live.borrow_mut();
+                let key = live.insert(Arc::clone(&self));
+                match u32::try_from(key) {
+                    Ok(key) if key != NOT_LIVE => self.live.store(key, Ordering::Relaxed),
+                    // Four billion live tasks on one worker: this one is
+                    // not swept at shutdown.
+                    _ => live.remove(key),
+                }
+            });
+        }
+        let done = match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+            Ok(Poll::Pending) => false,
+            Ok(Poll::Ready(())) => true,
             Err(_) => {
                 // Tasks catch their own panics; this keeps the worker alive
                 // if one does not.
-                log::error!("a task on session worker {} panicked", self.worker.id);
-                *slot = None;
+                log::error!("a task on session worker {} panicked", self.worker.index);
+                true
+            }
+        };
+        if done {
+            let future = slot.take();
+            drop(slot);
+            drop(future);
+            let key = self.live.swap(NOT_LIVE, Ordering::Relaxed);
+            if key != NOT_LIVE {
+                let _ = LIVE.try_with(|live| live.borrow_mut().remove(key as usize));
             }
         }
     }
@@ -273,30 +597,45 @@ struct Source {
     write_gen: AtomicU64,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
+    /// Oneshot mode: the directions ([`READ`], [`WRITE`]) the poller
+    /// watches now.
+    armed: AtomicU8,
 }
 
-/// Registered sources by key, with a free list.
-#[derive(Default)]
-struct Slab {
-    entries: Vec<Option<Arc<Source>>>,
+/// A direction in [`Source::armed`].
+const READ: u8 = 1;
+const WRITE: u8 = 2;
+
+/// Entries by key, with a free list: registered sources, live tasks.
+struct Slab<T> {
+    entries: Vec<Option<T>>,
     free: Vec<usize>,
 }
 
-impl Slab {
-    fn insert(&mut self, source: Arc<Source>) -> usize {
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> usize {
         match self.free.pop() {
             Some(key) => {
-                self.entries[key] = Some(source);
+                self.entries[key] = Some(value);
                 key
             }
             None => {
-                self.entries.push(Some(source));
+                self.entries.push(Some(value));
                 self.entries.len() - 1
             }
         }
     }
 
-    fn get(&self, key: usize) -> Option<&Arc<Source>> {
+    fn get(&self, key: usize) -> Option<&T> {
         self.entries.get(key).and_then(Option::as_ref)
     }
 
@@ -324,11 +663,34 @@ impl Registration {
         lock(&self.worker.sources).remove(self.key);
     }
 
+    /// Oneshot mode: makes sure the poller watches `socket` in `direction`
+    /// (a task is about to wait on it). Nothing to do when edge-triggered.
+    #[inline]
+    fn arm(&self, socket: &impl AsSource, direction: Direction) -> io::Result<()> {
+        if self.worker.poller.mode() == Mode::Edge {
+            return Ok(());
+        }
+        let bit = match direction {
+            Direction::Read => READ,
+            Direction::Write => WRITE,
+        };
+        let armed = self.source.armed.load(Ordering::Acquire);
+        if armed & bit != 0 {
+            return Ok(());
+        }
+        let armed = armed | bit;
+        self.source.armed.store(armed, Ordering::Release);
+        self.worker
+            .poller
+            .rearm(socket, self.key, armed & READ != 0, armed & WRITE != 0)
+    }
+
+    /// Joins the poller of this thread's worker; off the workers (not the
+    /// library's own use), one of the shared runtime's.
     fn new(socket: &impl AsSource) -> io::Result<Registration> {
-        let pool = pool();
-        let worker = match CURRENT.get() {
-            Some(id) => Arc::clone(&pool.workers[id]),
-            None => Arc::clone(pool.pick()),
+        let worker = match current() {
+            Some(worker) => worker,
+            None => Arc::clone(Runtime::default_shared()?.pick()),
         };
         let source = Arc::new(Source::default());
         let key = lock(&worker.sources).insert(Arc::clone(&source));
@@ -359,7 +721,7 @@ pub(crate) struct TcpStream {
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
-            .field("worker", &self.worker.id)
+            .field("worker", &self.worker.index)
             .field("key", &self.key)
             .finish()
     }
@@ -412,14 +774,14 @@ impl TcpStream {
         mut op: impl FnMut(&StdTcpStream) -> io::Result<T>,
         drained: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
-        self.register()?;
         let TcpStream {
             registration,
             read_blocked,
             write_blocked,
             socket,
         } = self;
-        let source = &registration.as_ref().expect("registered above").source;
+        let registration = registered(registration, socket)?;
+        let source = &registration.source;
         let (generation, waker, blocked_at) = match direction {
             Direction::Read => (&source.read_gen, &source.read_waker, read_blocked),
             Direction::Write => (&source.write_gen, &source.write_waker, write_blocked),
@@ -434,6 +796,7 @@ impl TcpStream {
             blocked_at,
             || op(socket),
             |done| drained(done) && !closed.load(Ordering::Acquire),
+            || registration.arm(socket, direction),
         )
     }
 
@@ -454,13 +817,20 @@ impl TcpStream {
         self.read_blocked = u64::MAX;
         Ok(())
     }
+}
 
-    #[inline]
-    fn register(&mut self) -> io::Result<()> {
-        if self.registration.is_none() {
-            self.registration = Some(Registration::new(&self.socket)?);
-        }
-        Ok(())
+/// The socket's registration, made on first use.
+#[inline]
+fn registered<'a>(
+    slot: &'a mut Option<Registration>,
+    socket: &impl AsSource,
+) -> io::Result<&'a Registration> {
+    if slot.is_none() {
+        *slot = Some(Registration::new(socket)?);
+    }
+    match slot {
+        Some(registration) => Ok(registration),
+        None => Err(io::Error::other("a socket without its registration")),
     }
 }
 
@@ -478,10 +848,10 @@ impl Drop for TcpStream {
 /// user-space instructions (callgrind).
 #[cfg(target_os = "linux")]
 mod sys {
-    use std::io;
+    use std::io::{self, IoSlice};
     use std::net::TcpStream;
 
-    use rustix::net::{RecvFlags, SendFlags};
+    use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
     pub(super) fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         let (n, _) = rustix::net::recv(socket, buf, RecvFlags::empty())?;
@@ -491,6 +861,19 @@ mod sys {
     pub(super) fn send(socket: &TcpStream, buf: &[u8]) -> io::Result<usize> {
         // As std does: a peer that is gone is an error, not a SIGPIPE.
         Ok(rustix::net::send(socket, buf, SendFlags::NOSIGNAL)?)
+    }
+
+    /// `sendmsg` with `MSG_NOSIGNAL`: std's `write_vectored` is `writev`,
+    /// which raises SIGPIPE on a reset peer, killing a host process that
+    /// has not set SIGPIPE aside.
+    pub(super) fn send_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = SendAncillaryBuffer::default();
+        Ok(rustix::net::sendmsg(
+            socket,
+            bufs,
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?)
     }
 }
 
@@ -506,6 +889,13 @@ mod sys {
     pub(super) fn send(mut socket: &TcpStream, buf: &[u8]) -> io::Result<usize> {
         socket.write(buf)
     }
+
+    pub(super) fn send_vectored(
+        mut socket: &TcpStream,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> io::Result<usize> {
+        socket.write_vectored(bufs)
+    }
 }
 
 /// Which readiness a socket operation waits for.
@@ -517,7 +907,8 @@ enum Direction {
 
 /// Runs `op` until it stops returning `Interrupted`; a `WouldBlock` waits for
 /// the next readiness event counted by `generation`, and so does the next
-/// call after a result that `drained` says emptied the socket.
+/// call after a result that `drained` says emptied the socket. `arm` runs
+/// before each wait (a oneshot poller's re-arm).
 fn poll_io<T>(
     cx: &mut Context<'_>,
     generation: &AtomicU64,
@@ -525,6 +916,7 @@ fn poll_io<T>(
     blocked_at: &mut u64,
     mut op: impl FnMut() -> io::Result<T>,
     drained: impl Fn(&T) -> bool,
+    mut arm: impl FnMut() -> io::Result<()>,
 ) -> Poll<io::Result<T>> {
     loop {
         let current = generation.load(Ordering::Acquire);
@@ -532,6 +924,7 @@ fn poll_io<T>(
             // Nothing has happened since the last `WouldBlock`: wait, but
             // look once more after registering, in case an event just came.
             waker.register(cx.waker());
+            arm()?;
             if generation.load(Ordering::Acquire) == current {
                 return Poll::Pending;
             }
@@ -577,11 +970,9 @@ impl TcpListener {
 
     /// Accepts one connection once one waits.
     pub(crate) fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
-        if self.registration.is_none() {
-            self.registration = Some(Registration::new(&self.socket)?);
-        }
-        let source = &self.registration.as_ref().expect("registered above").source;
         let socket = &self.socket;
+        let registration = registered(&mut self.registration, socket)?;
+        let source = &registration.source;
         let accepted = poll_io(
             cx,
             &source.read_gen,
@@ -589,6 +980,7 @@ impl TcpListener {
             &mut self.accept_blocked,
             || socket.accept(),
             |_| false,
+            || registration.arm(socket, Direction::Read),
         );
         accepted.map(|result| result.and_then(|(stream, _)| TcpStream::new(stream)))
     }
@@ -599,6 +991,57 @@ impl Drop for TcpListener {
         if let Some(registration) = self.registration.take() {
             registration.leave(&self.socket);
         }
+    }
+}
+
+/// Opens a TCP connection to `addr` from this thread's worker: a
+/// non-blocking `connect`, then a wait in the worker's poller until the
+/// socket is writable, then the socket's own error, if any.
+pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if in_progress(&e) => {}
+        Err(e) => return Err(e),
+    }
+    let mut stream = TcpStream::new(socket.into())?;
+    std::future::poll_fn(|cx| stream.poll_connected(cx)).await?;
+    Ok(stream)
+}
+
+/// A non-blocking `connect` that has begun.
+fn in_progress(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EINPROGRESS) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl TcpStream {
+    /// Waits until a connect begun on this socket has ended: `Ok` once it
+    /// is connected, else the connect's error.
+    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_ready_io(
+            cx,
+            Direction::Write,
+            |socket| {
+                if let Some(e) = socket.take_error()? {
+                    return Err(e);
+                }
+                match socket.peer_addr() {
+                    Ok(_) => Ok(()),
+                    // Still connecting: wait for the next event.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+            |_| false,
+        )
     }
 }
 
@@ -644,7 +1087,7 @@ impl AsyncWrite for TcpStream {
         self.poll_ready_io(
             cx,
             Direction::Write,
-            |mut socket| socket.write_vectored(bufs),
+            |socket| sys::send_vectored(socket, bufs),
             |_| false,
         )
     }
@@ -658,5 +1101,86 @@ impl AsyncWrite for TcpStream {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{self, IoSlice, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use super::sys;
+
+    const TEST: &str = "rt::worker::tests::vectored_writes_to_a_reset_peer_fail_without_sigpipe";
+    const CHILD: &str = "SESSION_CORE_SIGPIPE_CHILD";
+
+    /// Vectored writes to a peer that has reset, until one fails: the
+    /// first reports the reset, the next a broken pipe (where `writev`
+    /// raises SIGPIPE).
+    fn write_to_reset_peer(write: impl Fn(&TcpStream, &[IoSlice<'_>]) -> io::Result<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        // Wait for the reset itself: the read returns it.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.read(&mut [0; 1]);
+        let bufs = [IoSlice::new(b"hello"), IoSlice::new(b", world")];
+        for _ in 0..100 {
+            if let Err(e) = write(&stream, &bufs) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return;
+                }
+            }
+        }
+        panic!("no write failed with a broken pipe");
+    }
+
+    /// The worker's vectored write is `sendmsg` with `MSG_NOSIGNAL`: in a
+    /// process where SIGPIPE has its default action (a host that never set
+    /// it aside; Rust's runtime ignores it in its own binaries, so a child
+    /// test process restores the default), it returns an error, while
+    /// std's `write_vectored` (`writev`) kills the process.
+    #[test]
+    fn vectored_writes_to_a_reset_peer_fail_without_sigpipe() {
+        if let Ok(mode) = std::env::var(CHILD) {
+            // SAFETY: restores a signal's default action, before this test
+            // process (run with this one test only) starts any thread of
+            // its own that could write to a socket.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            match mode.as_str() {
+                "sendmsg" => write_to_reset_peer(sys::send_vectored),
+                _ => write_to_reset_peer(|mut socket, bufs| socket.write_vectored(bufs)),
+            }
+            return;
+        }
+        let run = |mode: &str| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([TEST, "--exact", "--test-threads=1", "--nocapture"])
+                .env(CHILD, mode)
+                .output()
+                .unwrap()
+        };
+        let ours = run("sendmsg");
+        assert!(
+            ours.status.success(),
+            "{:?}: {}",
+            ours.status,
+            String::from_utf8_lossy(&ours.stdout)
+        );
+        // The check itself can see a SIGPIPE: std's `writev` dies of it.
+        let std = run("writev");
+        assert_eq!(std.status.signal(), Some(libc::SIGPIPE), "{:?}", std.status);
     }
 }
