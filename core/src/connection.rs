@@ -176,6 +176,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     started: bool,
     /// A callback panicked: only `on_disconnected` is called from now on.
     poisoned: bool,
+    /// The last read was large: read again before writing.
+    read_ahead: bool,
     /// Bytes of one read (the buffer is the thread's); at most 1 GiB.
     read_buffer_size: u32,
     phase: Phase,
@@ -204,6 +206,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             saw_eof: false,
             started: false,
             poisoned: false,
+            read_ahead: false,
             // `SessionConfig::validate` holds it to 1 GiB.
             read_buffer_size: config.read_buffer_size as u32,
             phase: Phase::Open,
@@ -355,15 +358,15 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
     }
 
-    /// Reads once and delivers every whole message. `Ready(true)` if bytes
-    /// arrived, `Ready(false)` at end of stream.
-    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Reads once and delivers every whole message; how many bytes came
+    /// (0 at end of stream).
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         with_scratch(self.read_buffer_size as usize, |scratch| {
             match Pin::new(&mut self.io).poll_read(cx, scratch) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(0)),
                 Poll::Ready(Ok(n)) => {
                     self.deliver(&scratch[..n]);
-                    Poll::Ready(Ok(true))
+                    Poll::Ready(Ok(n))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
@@ -560,12 +563,11 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Open: write what is queued, then read once if back-pressure and the
     /// user allow, then watch the idle timeout.
+    ///
+    /// After a large read the write waits for one more read: a large write
+    /// reaches the socket in pieces (Linux pushes a segment at half the
+    /// peer's window), and one write then answers them all.
     fn step_open(&mut self, cx: &mut Context<'_>, reads: &mut usize) -> Step {
-        match self.write_queue(cx) {
-            Ok(true) => self.touch(),
-            Ok(false) => {}
-            Err(e) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
-        }
         let shared = &self.handle.shared;
         let queued = shared.queued.load(Ordering::Acquire);
         if self.reading && queued > shared.high_watermark {
@@ -573,28 +575,21 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         } else if !self.reading && queued <= shared.low_watermark {
             self.reading = true;
         }
-        if self.reading && !shared.read_paused.load(Ordering::SeqCst) {
+        let can_read = self.reading && !shared.read_paused.load(Ordering::SeqCst);
+        if !(self.read_ahead && can_read && *reads < READS_PER_POLL) {
+            self.read_ahead = false;
+            match self.write_queue(cx) {
+                Ok(true) => self.touch(),
+                Ok(false) => {}
+                Err(e) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
+            }
+        }
+        if can_read {
             if *reads == READS_PER_POLL {
                 return Step::Yield;
             }
-            match self.poll_read_once(cx) {
-                Poll::Ready(Ok(true)) => {
-                    *reads += 1;
-                    self.touch();
-                    // A second turn writes what the callbacks queued.
-                    return Step::Again;
-                }
-                Poll::Ready(Ok(false)) => {
-                    self.saw_eof = true;
-                    self.begin_close(DisconnectReason::PeerClosed, true);
-                    return Step::Again;
-                }
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                    return Step::Again;
-                }
-                Poll::Ready(Err(e)) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
-                Poll::Pending if !matches!(self.phase, Phase::Open) => return Step::Again,
-                Poll::Pending => {}
+            if let Some(step) = self.step_read(cx, reads) {
+                return step;
             }
         }
         if self.idle_expired(cx) {
@@ -602,6 +597,32 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             return Step::Again;
         }
         Step::Wait
+    }
+
+    /// Reads once; the step to take next, or `None` if nothing waits.
+    fn step_read(&mut self, cx: &mut Context<'_>, reads: &mut usize) -> Option<Step> {
+        match self.poll_read_once(cx) {
+            Poll::Ready(Ok(0)) => {
+                self.saw_eof = true;
+                self.begin_close(DisconnectReason::PeerClosed, true);
+                Some(Step::Again)
+            }
+            Poll::Ready(Ok(n)) => {
+                *reads += 1;
+                self.touch();
+                self.read_ahead = n >= rt::STREAMING_READ;
+                // Another turn writes what the callbacks queued.
+                Some(Step::Again)
+            }
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Some(Step::Again),
+            Poll::Ready(Err(e)) => Some(Step::Done(DisconnectReason::Io(Arc::new(e)))),
+            // The read ahead found nothing: write now.
+            Poll::Pending if self.read_ahead || !matches!(self.phase, Phase::Open) => {
+                self.read_ahead = false;
+                Some(Step::Again)
+            }
+            Poll::Pending => None,
+        }
     }
 
     /// Draining: write until the queue is empty or the deadline passes,

@@ -379,7 +379,9 @@ fn replies_written_in_pieces_are_each_reported_once_in_order() {
 #[test]
 fn large_raw_echoes_written_in_pieces_arrive_whole_and_reported() {
     // A stream that takes at most 700 bytes a write leaves most of each
-    // large reply queued, across reads of many sizes.
+    // large reply queued, across reads of many sizes. With no such limit,
+    // a read of 16 KiB or more is followed by another before the write:
+    // the replies to 20,000 then 17,000 bytes go out in one write.
     let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let chunks = split(
         &data,
@@ -388,6 +390,7 @@ fn large_raw_echoes_written_in_pieces_arrive_whole_and_reported() {
     for max_write in [700, usize::MAX] {
         let stream = Chunked::new(chunks.clone()).with_max_write(max_write);
         let written = Arc::clone(&stream.written);
+        let writes = Arc::clone(&stream.writes);
         let log = Log::default();
         let session = Recorder {
             log: log.clone(),
@@ -409,6 +412,14 @@ fn large_raw_echoes_written_in_pieces_arrive_whole_and_reported() {
         let (replies, reported) = (received(&log), sent(&log));
         assert_eq!(replies, chunks);
         assert!(reported == replies, "on_sent differs from the replies");
+        if max_write == usize::MAX {
+            let writes = *writes.lock().unwrap();
+            assert!(
+                writes < chunks.len(),
+                "{writes} writes for {} reads",
+                chunks.len()
+            );
+        }
     }
 }
 

@@ -422,11 +422,14 @@ fn describe(errors: &[(SocketAddr, io::Error)]) -> String {
 }
 
 /// Errors that concern one connection that never got to us, not the listener.
+/// (Wine's `accept`, as Windows' can, reports a connection reset while it
+/// waited in the backlog as `WSAENOTCONN`.)
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NotConnected
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
