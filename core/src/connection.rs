@@ -316,14 +316,14 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 Poll::Pending => break,
             };
             progress = true;
-            self.handle.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            self.handle.shared.queued.fetch_sub(n, Ordering::SeqCst);
             self.advance(n);
         }
         if progress {
             // Streams that buffer (not sockets) need a flush to move.
             let _ = Pin::new(&mut self.io).poll_flush(cx)?;
             let shared = &self.handle.shared;
-            if shared.queued.load(Ordering::Acquire) <= shared.low_watermark {
+            if shared.queued.load(Ordering::SeqCst) <= shared.low_watermark {
                 shared.wake_waiters();
             }
         }
@@ -568,15 +568,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// reaches the socket in pieces (Linux pushes a segment at half the
     /// peer's window), and one write then answers them all.
     fn step_open(&mut self, cx: &mut Context<'_>, reads: &mut usize) -> Step {
-        let shared = &self.handle.shared;
-        let queued = shared.queued.load(Ordering::Acquire);
-        if self.reading && queued > shared.high_watermark {
-            self.reading = false;
-        } else if !self.reading && queued <= shared.low_watermark {
-            self.reading = true;
-        }
-        let can_read = self.reading && !shared.read_paused.load(Ordering::SeqCst);
-        if !(self.read_ahead && can_read && *reads < READS_PER_POLL) {
+        if !(self.read_ahead && self.may_read() && *reads < READS_PER_POLL) {
             self.read_ahead = false;
             match self.write_queue(cx) {
                 Ok(true) => self.touch(),
@@ -584,7 +576,9 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 Err(e) => return Step::Done(DisconnectReason::Io(Arc::new(e))),
             }
         }
-        if can_read {
+        // Asked again after the write: it may have drained the queue below
+        // the low watermark, and nothing else would wake a paused reader.
+        if self.may_read() {
             if *reads == READS_PER_POLL {
                 return Step::Yield;
             }
@@ -597,6 +591,19 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             return Step::Again;
         }
         Step::Wait
+    }
+
+    /// Whether back-pressure (the queue between its watermarks) and the
+    /// user ([`SessionHandle::pause_reading`]) let the session read now.
+    fn may_read(&mut self) -> bool {
+        let shared = &self.handle.shared;
+        let queued = shared.queued.load(Ordering::Acquire);
+        if self.reading && queued > shared.high_watermark {
+            self.reading = false;
+        } else if !self.reading && queued <= shared.low_watermark {
+            self.reading = true;
+        }
+        self.reading && !shared.read_paused.load(Ordering::SeqCst)
     }
 
     /// Reads once; the step to take next, or `None` if nothing waits.

@@ -279,8 +279,6 @@ impl Listener {
             .collect::<io::Result<Vec<Vec<_>>>>()?;
         let mut done = Vec::new();
         for (worker, listeners) in groups.into_iter().enumerate() {
-            let (finished, wait) = futures::channel::oneshot::channel::<()>();
-            done.push(wait);
             let context = AcceptContext {
                 addrs: addrs.clone(),
                 config: config.clone(),
@@ -292,23 +290,7 @@ impl Listener {
                     Spawn::InTurn(runtime.clone())
                 },
             };
-            let factory = factory.clone();
-            runtime.spawn_on_index(worker, async move {
-                let mut listeners = listeners;
-                let incoming = futures::stream::poll_fn(|cx| {
-                    for listener in listeners.iter_mut() {
-                        if let Poll::Ready(accepted) = listener.poll_accept(cx) {
-                            return Poll::Ready(Some(accepted));
-                        }
-                    }
-                    Poll::Pending
-                });
-                context.accept_loop(incoming, factory).await;
-                // Stop accepting at once: a balancer sends new connections
-                // elsewhere.
-                drop(listeners);
-                let _ = finished.send(());
-            });
+            done.push(context.start(&runtime, worker, listeners, factory.clone()));
         }
         // A loop that ends without a word was dropped: its runtime stopped.
         for wait in done {
@@ -347,6 +329,38 @@ impl Spawn {
 }
 
 impl AcceptContext {
+    /// Runs an accept loop over `listeners` on worker `worker`; the
+    /// receiver hears when it has ended and closed them.
+    fn start<S, F>(
+        self,
+        runtime: &Runtime,
+        worker: usize,
+        mut listeners: Vec<rt::TcpListener>,
+        factory: F,
+    ) -> futures::channel::oneshot::Receiver<()>
+    where
+        S: Session,
+        F: FnMut() -> S + Send + 'static,
+    {
+        let (finished, wait) = futures::channel::oneshot::channel::<()>();
+        runtime.spawn_on_index(worker, async move {
+            let incoming = futures::stream::poll_fn(|cx| {
+                for listener in listeners.iter_mut() {
+                    if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                        return Poll::Ready(Some(accepted));
+                    }
+                }
+                Poll::Pending
+            });
+            self.accept_loop(incoming, factory).await;
+            // Stop accepting at once: a balancer sends new connections
+            // elsewhere.
+            drop(listeners);
+            let _ = finished.send(());
+        });
+        wait
+    }
+
     /// Accepts until shutdown; accept errors pause the loop, never end it.
     async fn accept_loop<S, F>(
         &self,
@@ -480,36 +494,48 @@ fn accept_one<S, F>(
         spawn.spawn(engine);
         return;
     }
-    let (config, shared, shutdown) = (config.clone(), Arc::clone(shared), shutdown.clone());
-    spawn.spawn(async move {
-        let active = active;
-        let mut stream = stream;
-        let header = rt::timeout(
-            config.proxy_header_timeout,
-            proxy_protocol::read_header(&mut stream),
-        )
-        .await;
-        let client = match header.unwrap_or(Err(ProxyError::TimedOut)) {
-            Ok(ProxyHeader::Proxied { source, .. }) => source,
-            Ok(ProxyHeader::Local) => peer,
-            Err(e) => {
-                shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
-                log::debug!("connection from {peer} closed: {e}");
-                drop(active);
-                return;
-            }
-        };
-        let (id, engine) = start(stream, client, local, &config, active, session);
-        // A shutdown that began during the header still reaches this
-        // session: `close_all` may have taken its list before the session
-        // was in it.
-        if shutdown.is_shutdown() {
-            if let Some(handle) = shared.sessions.get(id) {
-                handle.shutdown();
-            }
+    let (config, shutdown) = (config.clone(), shutdown.clone());
+    spawn.spawn(serve_after_proxy_header(
+        stream, peer, local, config, active, shutdown, session,
+    ));
+}
+
+/// Reads the PROXY header within its deadline, then runs the session with
+/// the client it names as the peer; a connection without a good header is
+/// counted and closed, never a session.
+async fn serve_after_proxy_header<S: Session>(
+    mut stream: rt::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: SessionConfig,
+    active: Active,
+    shutdown: ShutdownHandle,
+    session: S,
+) {
+    let header = rt::timeout(
+        config.proxy_header_timeout,
+        proxy_protocol::read_header(&mut stream),
+    )
+    .await;
+    let client = match header.unwrap_or(Err(ProxyError::TimedOut)) {
+        Ok(ProxyHeader::Proxied { source, .. }) => source,
+        Ok(ProxyHeader::Local) => peer,
+        Err(e) => {
+            active.shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+            log::debug!("connection from {peer} closed: {e}");
+            return;
         }
-        engine.await;
-    });
+    };
+    let shared = Arc::clone(&active.shared);
+    let (id, engine) = start(stream, client, local, &config, active, session);
+    // A shutdown that began during the header still reaches this session:
+    // `close_all` may have taken its list before the session was in it.
+    if shutdown.is_shutdown() {
+        if let Some(handle) = shared.sessions.get(id) {
+            handle.shutdown();
+        }
+    }
+    engine.await;
 }
 
 /// One connection counted in [`ListenerStats::active`]: it leaves the count

@@ -273,7 +273,9 @@ impl Shared {
 
     /// Wakes every task waiting on the queue or the end.
     pub(crate) fn wake_waiters(&self) {
-        if !self.has_waiters.load(Ordering::Acquire) {
+        // SeqCst, paired with `wait` and the waiter's second look at the
+        // queue: either the waiter sees the drained queue or this sees it.
+        if !self.has_waiters.load(Ordering::SeqCst) {
             return;
         }
         let waiters = {
@@ -296,7 +298,7 @@ impl Shared {
         if !wakers.iter().any(|w| w.will_wake(waker)) {
             wakers.push(waker.clone());
         }
-        has_waiters.store(true, Ordering::Release);
+        has_waiters.store(true, Ordering::SeqCst);
     }
 }
 
@@ -518,8 +520,8 @@ impl SessionHandle {
             Shared::wait(&mut outbox, &shared.has_waiters, cx.waker());
             drop(outbox);
             // Looked at again after registering: the engine may have
-            // drained the queue in between.
-            if shared.queued.load(Ordering::Acquire) <= limit {
+            // drained the queue in between (see `wake_waiters`).
+            if shared.queued.load(Ordering::SeqCst) <= limit {
                 return Poll::Ready(Ok(()));
             }
             Poll::Pending

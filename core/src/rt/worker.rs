@@ -409,43 +409,50 @@ impl Worker {
             if block {
                 lock(&self.remote).sleeping = false;
             }
-            let mut ready = events.iter().peekable();
-            if ready.peek().is_some() {
-                let sources = lock(&self.sources);
-                for event in ready {
-                    if let Some(source) = sources.get(event.key) {
-                        if event.read_closed {
-                            source.read_closed.store(true, Ordering::Release);
-                        }
-                        if oneshot {
-                            // One event disarms the socket: a direction
-                            // that was waited on but did not fire is
-                            // woken to look again, and re-arms.
-                            let armed = source.armed.swap(0, Ordering::AcqRel);
-                            if armed & READ != 0 && !event.readable {
-                                source.read_waker.wake();
-                            }
-                            if armed & WRITE != 0 && !event.writable {
-                                source.write_waker.wake();
-                            }
-                        }
-                        if event.readable {
-                            source.read_gen.fetch_add(1, Ordering::AcqRel);
-                            source.read_waker.wake();
-                        }
-                        if event.writable {
-                            source.write_gen.fetch_add(1, Ordering::AcqRel);
-                            source.write_waker.wake();
-                        }
-                    }
-                }
-            }
+            self.dispatch(&events, oneshot);
             timer::fire_due(&mut due);
             for waker in due.drain(..) {
                 waker.wake();
             }
         }
         self.stop();
+    }
+
+    /// Wakes the tasks waiting on the sockets that `events` says are ready.
+    fn dispatch(&self, events: &Events, oneshot: bool) {
+        let mut ready = events.iter().peekable();
+        if ready.peek().is_none() {
+            return;
+        }
+        let sources = lock(&self.sources);
+        for event in ready {
+            let Some(source) = sources.get(event.key) else {
+                continue;
+            };
+            if event.read_closed {
+                source.read_closed.store(true, Ordering::Release);
+            }
+            if oneshot {
+                // One event disarms the socket: a direction that was
+                // waited on but did not fire is woken to look again, and
+                // re-arms.
+                let armed = source.armed.swap(0, Ordering::AcqRel);
+                if armed & READ != 0 && !event.readable {
+                    source.read_waker.wake();
+                }
+                if armed & WRITE != 0 && !event.writable {
+                    source.write_waker.wake();
+                }
+            }
+            if event.readable {
+                source.read_gen.fetch_add(1, Ordering::AcqRel);
+                source.read_waker.wake();
+            }
+            if event.writable {
+                source.write_gen.fetch_add(1, Ordering::AcqRel);
+                source.write_waker.wake();
+            }
+        }
     }
 
     /// Drops every task of this worker, on its own thread (a session's
