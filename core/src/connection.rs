@@ -316,14 +316,14 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 Poll::Pending => break,
             };
             progress = true;
-            self.handle.shared.queued.fetch_sub(n, Ordering::SeqCst);
+            self.handle.shared.dequeue(n);
             self.advance(n);
         }
         if progress {
             // Streams that buffer (not sockets) need a flush to move.
             let _ = Pin::new(&mut self.io).poll_flush(cx)?;
             let shared = &self.handle.shared;
-            if shared.queued.load(Ordering::SeqCst) <= shared.low_watermark {
+            if shared.queued() <= shared.low_watermark {
                 shared.wake_waiters();
             }
         }
@@ -454,7 +454,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             outbox.queue.clear(0) + self.out.clear()
         };
         self.out = Outgoing::default();
-        shared.queued.fetch_sub(dropped, Ordering::AcqRel);
+        shared.dequeue(dropped);
         let (session, handle) = (&mut self.session, &self.handle);
         if let Err(payload) =
             catch_unwind(AssertUnwindSafe(|| session.on_disconnected(handle, reason)))
@@ -597,7 +597,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     /// user ([`SessionHandle::pause_reading`]) let the session read now.
     fn may_read(&mut self) -> bool {
         let shared = &self.handle.shared;
-        let queued = shared.queued.load(Ordering::Acquire);
+        let queued = shared.queued();
         if self.reading && queued > shared.high_watermark {
             self.reading = false;
         } else if !self.reading && queued <= shared.low_watermark {

@@ -234,7 +234,12 @@ pub(crate) struct Shared {
     /// Someone waits in the outbox's `waiters`.
     pub(crate) has_waiters: AtomicBool,
     /// Bytes queued and not yet written, the engine's share included.
-    pub(crate) queued: AtomicUsize,
+    /// Bytes ever queued: written only under the outbox lock, so a send
+    /// adds to it with a plain store, not a read-modify-write.
+    pub(crate) enqueued: AtomicUsize,
+    /// Bytes ever written or dropped: written only by the engine.
+    /// `enqueued - dequeued` is what is queued now.
+    pub(crate) dequeued: AtomicUsize,
     /// One of `OPEN`, `CLOSE_*`.
     pub(crate) state: AtomicU8,
     /// Wakes the engine for a new frame or a close request.
@@ -247,6 +252,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Bytes queued and not yet written, the engine's share included.
+    #[inline]
+    pub(crate) fn queued(&self) -> usize {
+        // `dequeued` first: `enqueued` read after it is at least as large.
+        let dequeued = self.dequeued.load(Ordering::SeqCst);
+        self.enqueued.load(Ordering::SeqCst).wrapping_sub(dequeued)
+    }
+
+    /// The engine wrote (or dropped) `n` queued bytes. SeqCst, paired with
+    /// a waiter's look at the queue after registering (see `wake_waiters`).
+    #[inline]
+    pub(crate) fn dequeue(&self, n: usize) {
+        let dequeued = self.dequeued.load(Ordering::Relaxed);
+        self.dequeued
+            .store(dequeued.wrapping_add(n), Ordering::SeqCst);
+    }
+
     pub(crate) fn lock_outbox(&self) -> MutexGuard<'_, Outbox> {
         // No code that can panic runs while the lock is held, but do not
         // turn one into a second panic if it somehow did.
@@ -324,7 +346,8 @@ impl SessionHandle {
                 outbox: Mutex::new(Outbox::default()),
                 has_outbox: AtomicBool::new(false),
                 has_waiters: AtomicBool::new(false),
-                queued: AtomicUsize::new(0),
+                enqueued: AtomicUsize::new(0),
+                dequeued: AtomicUsize::new(0),
                 state: AtomicU8::new(OPEN),
                 waker: AtomicWaker::new(),
                 polling: AtomicBool::new(false),
@@ -360,7 +383,7 @@ impl SessionHandle {
 
     /// Bytes queued for the peer and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
+        self.shared.queued()
     }
 
     /// The largest payload this session sends or accepts.
@@ -512,7 +535,7 @@ impl SessionHandle {
         let mut limit = shared.high_watermark;
         poll_fn(|cx| {
             self.check_open()?;
-            if shared.queued.load(Ordering::Acquire) <= limit {
+            if shared.queued() <= limit {
                 return Poll::Ready(Ok(()));
             }
             limit = shared.low_watermark;
@@ -521,7 +544,7 @@ impl SessionHandle {
             drop(outbox);
             // Looked at again after registering: the engine may have
             // drained the queue in between (see `wake_waiters`).
-            if shared.queued.load(Ordering::SeqCst) <= limit {
+            if shared.queued() <= limit {
                 return Poll::Ready(Ok(()));
             }
             Poll::Pending
@@ -575,18 +598,20 @@ impl SessionHandle {
             // would make the write that carries it return 0.
             return Ok(());
         }
-        let before = shared.queued.fetch_add(len, Ordering::AcqRel);
-        if before + len > shared.max_send_queue {
-            shared.queued.fetch_sub(len, Ordering::AcqRel);
-            return Err(self.close_slow());
-        }
         let was_empty = {
             let mut outbox = shared.lock_outbox();
             if outbox.finished {
-                drop(outbox);
-                shared.queued.fetch_sub(len, Ordering::AcqRel);
                 return Err(SendError::Closed);
             }
+            let enqueued = shared.enqueued.load(Ordering::Relaxed);
+            let queued = enqueued.wrapping_sub(shared.dequeued.load(Ordering::Acquire));
+            if queued + len > shared.max_send_queue {
+                drop(outbox);
+                return Err(self.close_slow());
+            }
+            shared
+                .enqueued
+                .store(enqueued.wrapping_add(len), Ordering::Release);
             let queue = outbox.queue.get_mut();
             push(queue);
             if shared.track_lens {
@@ -595,7 +620,13 @@ impl SessionHandle {
             // SeqCst, paired with the engine's store of `polling` and load
             // of `has_outbox`: one of the two sides sees the other, so no
             // wake-up is lost between the engine's last look and its sleep.
-            !shared.has_outbox.swap(true, Ordering::SeqCst)
+            // Only the first send of a batch stores (the engine clears the
+            // flag under this lock).
+            let first = !shared.has_outbox.load(Ordering::Relaxed);
+            if first {
+                shared.has_outbox.store(true, Ordering::SeqCst);
+            }
+            first
         };
         if was_empty {
             shared.notify();
