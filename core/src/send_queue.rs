@@ -510,4 +510,96 @@ mod tests {
         assert_eq!(lens, [&b"a"[..], b"b", b"cd"]);
         assert_eq!(engine.clear(1), 3);
     }
+
+    /// One message as a test sends it: copied, or by reference with the
+    /// framing's header and trailer beside it (as `send_bytes` does).
+    #[derive(Debug, Clone)]
+    enum Sent {
+        Copied(Vec<u8>),
+        Shared(Vec<u8>),
+    }
+
+    fn push(queue: &mut SendQueue, framing: Framing, message: &Sent) -> Vec<u8> {
+        let (payload, len) = match message {
+            Sent::Copied(p) | Sent::Shared(p) => (p.clone(), p.len() + framing.overhead()),
+        };
+        match message {
+            Sent::Copied(p) => queue.push_parts(framing, &[p], p.len(), len),
+            Sent::Shared(p) => match framing {
+                Framing::Raw => queue.push_shared(Bytes::from(p.clone())),
+                Framing::LengthPrefixed => {
+                    queue.push_own(&(len as u16).to_le_bytes());
+                    queue.push_shared(Bytes::from(p.clone()));
+                }
+                Framing::Lines => {
+                    queue.push_shared(Bytes::from(p.clone()));
+                    queue.push_shared(Bytes::from_static(b"\n"));
+                }
+            },
+        }
+        queue.frame_lens.push_back(len as u32);
+        payload
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever the mix of copied and shared messages, however the
+        /// engine takes the outbox and however the socket cuts the writes:
+        /// the bytes go out in order and every payload is reported once,
+        /// whole, in order.
+        #[test]
+        fn any_mix_of_sends_and_writes_is_reported_whole_and_in_order(
+            framing in proptest::prop_oneof![
+                proptest::strategy::Just(Framing::Raw),
+                proptest::strategy::Just(Framing::Lines),
+                proptest::strategy::Just(Framing::LengthPrefixed),
+            ],
+            messages in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(0u8..=9, 1..700)),
+                1..40,
+            ),
+            takes in proptest::collection::vec(1usize..8, 1..40),
+            writes in proptest::collection::vec(1usize..3000, 1..200),
+        ) {
+            let messages: Vec<Sent> = messages
+                .into_iter()
+                .map(|(shared, p)| if shared { Sent::Shared(p) } else { Sent::Copied(p) })
+                .collect();
+            let mut outbox = LazyQueue::default();
+            let mut out = Outgoing::default();
+            let mut expected_wire = Vec::new();
+            let mut expected = Vec::new();
+            let mut reported: Vec<Vec<u8>> = Vec::new();
+            let mut wire = Vec::new();
+            let (mut next, mut take, mut write) = (0, 0, 0);
+            while next < messages.len() || !outbox.is_empty() || !out.is_empty() {
+                // Some sends, then the engine takes the outbox...
+                let count = takes[take % takes.len()];
+                take += 1;
+                for message in messages.iter().skip(next).take(count) {
+                    let payload = push(outbox.get_mut(), framing, message);
+                    let mut framed = bytes::BytesMut::new();
+                    framing.encode(&payload, 1 << 20, &mut framed).unwrap();
+                    expected_wire.extend_from_slice(&framed);
+                    expected.push(payload);
+                }
+                next = (next + count).min(messages.len());
+                out.queue.append(&mut outbox);
+                // ...and writes what a socket takes.
+                if !out.is_empty() {
+                    let queue = out.queue.get();
+                    let first = &queue.segments[0].bytes()[out.written..];
+                    let n = first.len().min(writes[write % writes.len()]);
+                    write += 1;
+                    wire.extend_from_slice(&first[..n]);
+                    out.advance(n, true, |frame| {
+                        reported.push(frame[framing.payload_of(frame.len())].to_vec())
+                    });
+                }
+            }
+            proptest::prop_assert_eq!(wire, expected_wire);
+            proptest::prop_assert_eq!(reported, expected);
+        }
+    }
 }
