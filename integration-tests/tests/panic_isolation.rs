@@ -10,10 +10,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use integration_tests::counting_alloc::{Counting, allocations};
-use integration_tests::{lp as encode_frame, read_lp as read_frame};
-use session_core::{
-    DisconnectReason, Framing, IpInformation, Listener, Session, SessionConfig, SessionHandle,
-};
+use integration_tests::{lp as encode_frame, read_lp as read_frame, start_server};
+use session_core::{DisconnectReason, Framing, Session, SessionConfig, SessionHandle};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -69,16 +67,11 @@ fn a_panicking_session_loses_only_itself_and_its_worker_keeps_its_fast_path() {
         framing: Framing::LengthPrefixed,
         ..SessionConfig::default()
     };
-    let listener = async_std::task::block_on(async {
-        let ip = IpInformation::resolve("127.0.0.1", 0).await.unwrap();
-        Listener::bind(&ip, config).await.unwrap()
-    });
-    let addr = listener.local_addr();
-    let stop = listener.shutdown_handle();
     let (ended, reasons) = mpsc::channel();
-    let server = async_std::task::spawn(listener.run(move || Volatile {
+    let server = start_server(config, move || Volatile {
         ended: ended.clone(),
-    }));
+    });
+    let addr = server.addr;
 
     let mut good: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     ping_pong(&mut good, 500);
@@ -122,8 +115,7 @@ fn a_panicking_session_loses_only_itself_and_its_worker_keeps_its_fast_path() {
         "{after_panics:.4} allocations per message after the panics ({healthy:.4} before)"
     );
 
-    stop.shutdown();
     drop(good);
-    async_std::task::block_on(server).unwrap();
+    server.stop(Duration::from_secs(10)).unwrap();
     assert!(reasons.try_recv().is_ok(), "the good sessions ended too");
 }
