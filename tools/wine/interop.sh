@@ -154,8 +154,6 @@ greet() {
   pass "$name: 2 greetings answered with '$name 0$suffix' and '$name 1$suffix', status 0"
 }
 
-
-
 # 1. The Windows server. Its Linux PID is the `wine` process we spawn (Wine
 # execs its loader in place), the child of its `timeout`. At the end it is
 # killed (SIGTERM, passed on by `timeout`) rather than asked to shut down:
