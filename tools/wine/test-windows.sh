@@ -5,7 +5,10 @@
 #   tools/wine/test-windows.sh          smoke, then all of session-core's
 #                                       unit tests and the session, hostile
 #                                       and app tests (integration-tests:
-#                                       sessions, hostile, apps, elsewhere)
+#                                       sessions, hostile, apps, elsewhere),
+#                                       then interop.sh: the Windows apps
+#                                       with Linux peers and back
+#                                       (nc, Python, client-app)
 #   tools/wine/test-windows.sh smoke    only: `--help` of both apps, and the
 #                                       unit tests of server-app, client-app
 #                                       and session-core's framing
@@ -31,34 +34,9 @@ case "$mode" in
     ;;
 esac
 
-target=x86_64-pc-windows-gnu
-
-need=()
-command -v wine >/dev/null 2>&1 || need+=(wine)
-[ -e /usr/lib/wine/wine64 ] || command -v wine64 >/dev/null 2>&1 || need+=(wine64)
-command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || need+=(gcc-mingw-w64-x86-64)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
-  "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-
-target_dir="$(cargo metadata --no-deps --format-version 1 |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-shim_dir="$(dirname "$(tools/wine/build-shim.sh "$target_dir/wine-shim")")"
-
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
-export WINEPREFIX="$target_dir/wine-prefix"
-export WINEDEBUG=-all
-# No Mono or Gecko install prompts for a prefix that only runs console
-# programs.
-export WINEDLLOVERRIDES="mscoree,mshtml="
-export WINEPATH="$shim_dir"
-# The tests cannot run cargo from inside Wine: the apps are built below and
-# the tests only look for them (integration_tests::process::PREBUILT_APPS).
-export INTEGRATION_TESTS_PREBUILT_APPS=1
+# Installs what is missing, sets target, target_dir, win_debug and Wine's
+# environment (shared with interop.sh, which can also run alone).
+. tools/wine/env.sh
 
 # Runs one step and prints its duration. A failed step is reported at once
 # and remembered; the script goes on to the next, so one run reports on
@@ -78,17 +56,10 @@ step() {
   fi
 }
 
-prefix() {
-  # Creates the prefix once (its first start takes a while), so that the
-  # time of the first test is its own.
-  [ -f "$WINEPREFIX/system.reg" ] || wineboot --init >/dev/null 2>&1
-  wineserver --wait || true
-}
-
 help_starts() {
   local exe
   for app in server-app client-app; do
-    exe="$target_dir/$target/debug/$app.exe"
+    exe="$win_debug/$app.exe"
     wine "$exe" --help >"$target_dir/wine-$app-help.txt"
     grep -q -- "--port" "$target_dir/wine-$app-help.txt" || {
       echo "$app.exe --help under Wine printed no --port:" >&2
@@ -99,7 +70,7 @@ help_starts() {
   done
 }
 
-step "prefix" prefix
+step "prefix" wine_prefix_init
 step "build apps and tests" cargo build --target "$target" --workspace --all-targets
 # Nothing below can run without the build.
 [ ${#failed[@]} -eq 0 ] || exit 1
@@ -115,6 +86,10 @@ if [ "$mode" = all ]; then
   # --no-fail-fast: every file runs and reports, even after a failure.
   step "session, hostile and app tests" cargo test --target "$target" -p integration-tests \
     --no-fail-fast --test sessions --test hostile --test apps --test elsewhere
+  # The Windows apps with Linux peers, and the Linux apps with Windows
+  # peers, over 127.0.0.1: nc, Python, client-app both ways (interop.sh).
+  step "build Linux apps" cargo build -p server-app -p client-app
+  step "interop (Windows apps with Linux peers)" tools/wine/interop.sh
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
