@@ -245,6 +245,22 @@ fn empty_suffix_makes_a_plain_echo_of_the_exact_bytes() {
     assert_eq!(exchange(port, b"\xff\xfe\x00bin"), b"\xff\xfe\x00bin");
 }
 
+/// A raw read of up to the maximum frame still gets its suffix: 1 MiB in,
+/// every byte back in order, with a suffix after each read.
+#[test]
+fn large_raw_messages_get_every_byte_back_with_their_suffixes() {
+    let (_server, port) = Proc::server(&["--quiet"]);
+    // Bytes that never form the suffix.
+    let request: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let reply = exchange(port, &request);
+    // Each read comes back as `piece - Receive Completed`: splitting on the
+    // suffix leaves the request.
+    let text = String::from_utf8(reply).expect("ASCII");
+    assert!(text.ends_with(SUFFIX), "the last read has its suffix");
+    let echoed: String = text.split(SUFFIX).collect();
+    assert!(echoed.as_bytes() == request.as_slice(), "the echo differs");
+}
+
 #[test]
 fn lines_framing_answers_each_line() {
     let (mut server, port) = Proc::server(&["--framing", "lines"]);

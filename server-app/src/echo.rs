@@ -1,7 +1,7 @@
 //! The seed's `ClientSession`: the server-side session that answers every
 //! message with the message and a suffix.
 
-use session_core::{DisconnectReason, SendError, Session, SessionHandle};
+use session_core::{DisconnectReason, Framing, SendError, Session, SessionHandle};
 
 use crate::output::{printable, say, timestamp};
 
@@ -39,9 +39,17 @@ impl Session for EchoSession {
             );
         }
         // Message and suffix go out as one reply, framed without joining
-        // them into a buffer first.
+        // them into a buffer first. A raw read of nearly the maximum leaves
+        // no room for the suffix in one message: raw bytes carry no
+        // boundaries, so it goes out as two, the same bytes on the wire.
         let sent = if self.suffix.is_empty() {
             handle.send(message)
+        } else if handle.framing() == Framing::Raw
+            && message.len() + self.suffix.len() > handle.max_frame_len()
+        {
+            handle
+                .send(message)
+                .and_then(|()| handle.send(&self.suffix))
         } else {
             handle.send_parts(&[message, &self.suffix])
         };
