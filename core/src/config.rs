@@ -91,6 +91,12 @@ pub struct SessionConfig {
     /// Disable Nagle's algorithm on every connection, so small messages leave
     /// at once. Default `true`.
     pub nodelay: bool,
+    /// With TLS: how long a connection may take to finish its handshake.
+    /// Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// With TLS: the most bytes a peer may send during the handshake
+    /// (a certificate chain fits in a few kilobytes). Default 64 KiB.
+    pub tls_max_handshake_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -111,6 +117,8 @@ impl Default for SessionConfig {
             proxy_header_timeout: Duration::from_secs(3),
             socket_send_buffer: None,
             nodelay: true,
+            tls_handshake_timeout: Duration::from_secs(10),
+            tls_max_handshake_bytes: 64 * 1024,
         }
     }
 }
@@ -174,6 +182,14 @@ impl SessionConfig {
             if let Err(e) = socket2::SockRef::from(socket).set_send_buffer_size(size) {
                 log::debug!("set SO_SNDBUF to {size}: {e}");
             }
+        }
+    }
+
+    /// The TLS handshake's limits.
+    pub(crate) fn tls_limits(&self) -> crate::tls::Limits {
+        crate::tls::Limits {
+            timeout: self.tls_handshake_timeout,
+            max_bytes: self.tls_max_handshake_bytes,
         }
     }
 

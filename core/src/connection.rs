@@ -29,6 +29,7 @@ use crate::session::{
     CLOSE_ENGINE, CLOSE_LOCAL, CLOSE_SHUTDOWN, CLOSE_SLOW, DisconnectReason, OPEN, Session,
     SessionHandle,
 };
+use crate::tls::TlsInfo;
 
 /// Reads one wake-up may do before it yields to other tasks.
 const READS_PER_POLL: usize = 16;
@@ -85,7 +86,26 @@ where
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handle = SessionHandle::new(peer, local, config, session.wants_on_sent());
+    run_session_with(io, peer, local, config, session, None)
+}
+
+/// [`run_session`], for a stream whose TLS handshake settled `tls`.
+pub(crate) fn run_session_with<S, T>(
+    io: T,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: &SessionConfig,
+    session: S,
+    tls: Option<TlsInfo>,
+) -> (
+    SessionHandle,
+    impl Future<Output = DisconnectReason> + Send + 'static,
+)
+where
+    S: Session,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handle = SessionHandle::new(peer, local, config, session.wants_on_sent(), tls);
     let engine = Engine::new(io, handle.clone(), config, session);
     (handle, engine)
 }
@@ -622,6 +642,11 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 Some(Step::Again)
             }
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Some(Step::Again),
+            // A stream that ends before its protocol's close: TLS without
+            // close_notify (a socket never says so).
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Some(Step::Done(DisconnectReason::Truncated))
+            }
             Poll::Ready(Err(e)) => Some(Step::Done(DisconnectReason::Io(Arc::new(e)))),
             // The read ahead found nothing: write now.
             Poll::Pending if self.read_ahead || !matches!(self.phase, Phase::Open) => {

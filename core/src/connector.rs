@@ -8,10 +8,11 @@ use futures::channel::oneshot;
 use std::panic::AssertUnwindSafe;
 
 use crate::config::SessionConfig;
-use crate::connection::{panic_message, run_session};
+use crate::connection::{panic_message, run_session_with};
 use crate::ip_information::IpInformation;
 use crate::rt::{self, Runtime};
 use crate::session::{DisconnectReason, Session, SessionHandle};
+use crate::tls::ClientTls;
 
 /// Opens connections to a server and runs a [`Session`] on each: the seed's
 /// `Connector`, trying every resolved address in turn, each with a timeout.
@@ -42,6 +43,7 @@ pub struct Connector {
     config: SessionConfig,
     /// `None`: the process's shared runtime, started on the first connect.
     runtime: Option<Runtime>,
+    tls: Option<ClientTls>,
 }
 
 /// One open client connection: its session's handle, and a way to wait for
@@ -61,6 +63,7 @@ impl Connector {
         Ok(Connector {
             config,
             runtime: None,
+            tls: None,
         })
     }
 
@@ -92,7 +95,35 @@ impl Connector {
         Ok(Connector {
             config,
             runtime: Some(runtime),
+            tls: None,
         })
+    }
+
+    /// Speaks TLS on every connection: the handshake (within
+    /// [`SessionConfig::tls_handshake_timeout`]) comes before the session
+    /// starts, and a server whose certificate is not trusted, or not for
+    /// the expected name, fails [`connect`](Self::connect) with the reason.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use session_core::{ClientTls, Connector, IpInformation, Session, SessionConfig, SessionHandle};
+    ///
+    /// struct Quiet;
+    /// impl Session for Quiet {
+    ///     fn on_received(&mut self, _: &SessionHandle, _: &[u8]) {}
+    /// }
+    ///
+    /// # async fn client() -> std::io::Result<()> {
+    /// let tls = ClientTls::new(Some(Path::new("ca.pem")), None)?;
+    /// let connector = Connector::new(SessionConfig::default())?.with_tls(tls);
+    /// let server = IpInformation::resolve("localhost", 12345).await?;
+    /// let connection = connector.connect(&server, Quiet).await?;
+    /// assert!(connection.handle().tls().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tls(mut self, tls: ClientTls) -> Connector {
+        self.tls = Some(tls);
+        self
     }
 
     /// The config its sessions follow.
@@ -120,39 +151,16 @@ impl Connector {
             Some(runtime) => runtime.clone(),
             None => Runtime::default_shared()?,
         };
-        let config = self.config.clone();
-        let name = target.to_string();
-        let endpoints = target.endpoints().to_vec();
+        let attempt = Attempt {
+            name: target.to_string(),
+            host: target.host().to_owned(),
+            endpoints: target.endpoints().to_vec(),
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+        };
         let (opened, open) = oneshot::channel::<io::Result<SessionHandle>>();
         let (done, task) = oneshot::channel();
-        runtime.spawn_on_worker(async move {
-            let stream = match open_first(&name, &endpoints, &config).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = opened.send(Err(e));
-                    return;
-                }
-            };
-            let socket = stream.get_ref();
-            let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
-                (Ok(peer), Ok(local)) => (peer, local),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = opened.send(Err(e));
-                    return;
-                }
-            };
-            config.apply_to(socket);
-            let (handle, engine) = run_session(stream, peer, local, &config, session);
-            if opened.send(Ok(handle)).is_err() {
-                // The caller stopped waiting: no session starts.
-                return;
-            }
-            let reason = match AssertUnwindSafe(engine).catch_unwind().await {
-                Ok(reason) => reason,
-                Err(payload) => DisconnectReason::Panicked(panic_message(payload.as_ref())),
-            };
-            let _ = done.send(reason);
-        });
+        runtime.spawn_on_worker(attempt.run(session, opened, done));
         let handle = open.await.unwrap_or_else(|_| {
             Err(io::Error::other(format!(
                 "connect to {target}: the session runtime stopped"
@@ -160,6 +168,81 @@ impl Connector {
         })?;
         Ok(Connection { handle, task })
     }
+}
+
+/// One call of [`Connector::connect`], run on a worker.
+struct Attempt {
+    name: String,
+    host: String,
+    endpoints: Vec<SocketAddr>,
+    config: SessionConfig,
+    tls: Option<ClientTls>,
+}
+
+impl Attempt {
+    /// Connects (and makes the TLS handshake), says how that went on
+    /// `opened`, then runs the session and says why it ended on `done`.
+    async fn run<S: Session>(
+        self,
+        session: S,
+        opened: oneshot::Sender<io::Result<SessionHandle>>,
+        done: oneshot::Sender<DisconnectReason>,
+    ) {
+        let stream = match open_first(&self.name, &self.endpoints, &self.config).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = opened.send(Err(e));
+                return;
+            }
+        };
+        let socket = stream.get_ref();
+        let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
+            (Ok(peer), Ok(local)) => (peer, local),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = opened.send(Err(e));
+                return;
+            }
+        };
+        self.config.apply_to(socket);
+        let Some(tls) = &self.tls else {
+            let run = run_session_with(stream, peer, local, &self.config, session, None);
+            return report(run, opened, done).await;
+        };
+        let handshake = match tls.name_for(&self.host) {
+            Ok(name) => crate::tls::connect(stream, tls, name, self.config.tls_limits()).await,
+            Err(e) => Err(e),
+        };
+        match handshake {
+            Ok((stream, info)) => {
+                let run = run_session_with(stream, peer, local, &self.config, session, Some(info));
+                report(run, opened, done).await;
+            }
+            Err(e) => {
+                let _ = opened.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {} ({peer}): {e}", self.name),
+                )));
+            }
+        }
+    }
+}
+
+/// Hands the session's handle to `opened`, runs it, and sends why it
+/// ended to `done`.
+async fn report(
+    (handle, engine): (SessionHandle, impl Future<Output = DisconnectReason>),
+    opened: oneshot::Sender<io::Result<SessionHandle>>,
+    done: oneshot::Sender<DisconnectReason>,
+) {
+    if opened.send(Ok(handle)).is_err() {
+        // The caller stopped waiting: no session starts.
+        return;
+    }
+    let reason = match AssertUnwindSafe(engine).catch_unwind().await {
+        Ok(reason) => reason,
+        Err(payload) => DisconnectReason::Panicked(panic_message(payload.as_ref())),
+    };
+    let _ = done.send(reason);
 }
 
 /// Tries each of `endpoints` in turn, each for at most the connect timeout,

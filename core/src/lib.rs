@@ -59,6 +59,7 @@
 //! | `config` | [`SessionConfig`], every limit with its default |
 //! | `registry`, `job_queue` | many sessions: the live set and broadcast, a room's jobs in order |
 //! | `proxy_protocol` | the PROXY v1/v2 header a balancer sends first |
+//! | `tls` | TLS with rustls: a stream layer between the socket and the framing, the handshake before the session starts |
 //! | `rt` | the only module that names the runtime: the worker threads (an executor and a poller each), timers, sockets |
 #![warn(missing_docs)]
 
@@ -77,6 +78,7 @@ mod session;
 mod shutdown;
 #[cfg(test)]
 mod test_pipe;
+mod tls;
 
 pub use bytes;
 pub use config::SessionConfig;
@@ -88,8 +90,10 @@ pub use job_queue::{JobQueue, PushError};
 pub use listener::{Listener, ListenerStats, ListenerStatsHandle};
 pub use registry::{BroadcastReport, Registry};
 pub use rt::Runtime;
+pub use rustls;
 pub use session::{DisconnectReason, SendError, Session, SessionHandle, SessionId};
 pub use shutdown::ShutdownHandle;
+pub use tls::{ClientTls, ServerTls, TlsInfo};
 
 /// Sets how many worker threads the process's shared [`Runtime`] starts
 /// with; the default is one per core this process may use.

@@ -10,19 +10,21 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::{Either, select};
+use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::rt::Runtime;
 
 use crate::config::SessionConfig;
-use crate::connection::{panic_message, run_session};
+use crate::connection::{panic_message, run_session_with};
 use crate::ip_information::IpInformation;
 use crate::proxy_protocol::{self, ProxyError, ProxyHeader};
 use crate::registry::Registry;
 use crate::rt;
 use crate::session::{Session, SessionHandle, SessionId};
 use crate::shutdown::ShutdownHandle;
+use crate::tls::{ServerTls, TlsInfo};
 
 /// The first pause after an accept error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -62,6 +64,7 @@ pub struct Listener {
     shutdown: ShutdownHandle,
     shared: Arc<ListenerShared>,
     runtime: Runtime,
+    tls: Option<ServerTls>,
 }
 
 /// Counters of one listener, read with [`Listener::stats`].
@@ -77,6 +80,9 @@ pub struct ListenerStats {
     /// malformed, too long or late (with
     /// [`SessionConfig::proxy_protocol`]).
     pub proxy_rejected: u64,
+    /// Connections closed because their TLS handshake failed or was late
+    /// (with [`Listener::with_tls`]); each is logged with the reason.
+    pub tls_rejected: u64,
     /// Sessions open now.
     pub active: usize,
 }
@@ -87,6 +93,7 @@ struct ListenerShared {
     rejected: AtomicU64,
     accept_errors: AtomicU64,
     proxy_rejected: AtomicU64,
+    tls_rejected: AtomicU64,
     active: AtomicUsize,
     sessions: Registry,
     /// Woken when the last session ends.
@@ -200,7 +207,37 @@ impl Listener {
             shutdown: ShutdownHandle::default(),
             shared: Arc::default(),
             runtime: runtime.clone(),
+            tls: None,
         })
+    }
+
+    /// Serves TLS on every connection: the handshake (within
+    /// [`SessionConfig::tls_handshake_timeout`] and
+    /// [`SessionConfig::tls_max_handshake_bytes`]) comes before the session
+    /// starts, after the PROXY header if there is one; a connection that
+    /// fails it never reaches `on_connected` and is counted in
+    /// [`ListenerStats::tls_rejected`].
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use session_core::{IpInformation, Listener, ServerTls, Session, SessionConfig, SessionHandle};
+    ///
+    /// struct Echo;
+    /// impl Session for Echo {
+    ///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+    ///         let _ = handle.send(message);
+    ///     }
+    /// }
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let tls = ServerTls::from_pem_files(Path::new("cert.pem"), Path::new("key.pem"), None)?;
+    /// let ip = IpInformation::resolve("0.0.0.0", 12345).await?;
+    /// Listener::bind(&ip, SessionConfig::default()).await?.with_tls(tls).run(|| Echo).await
+    /// # }
+    /// ```
+    pub fn with_tls(mut self, tls: ServerTls) -> Listener {
+        self.tls = Some(tls);
+        self
     }
 
     /// The first bound address (with the real port when bound to port 0).
@@ -262,6 +299,7 @@ impl Listener {
             shutdown,
             shared,
             runtime,
+            tls,
         } = self;
         // One accept loop per worker with `reuse_port`, each on a socket of
         // its own and keeping its sessions; else one, on one worker, that
@@ -284,6 +322,7 @@ impl Listener {
                 config: config.clone(),
                 shared: Arc::clone(&shared),
                 shutdown: shutdown.clone(),
+                tls: tls.clone(),
                 spawn: if config.reuse_port {
                     Spawn::Here(runtime.clone())
                 } else {
@@ -307,6 +346,7 @@ struct AcceptContext {
     config: SessionConfig,
     shared: Arc<ListenerShared>,
     shutdown: ShutdownHandle,
+    tls: Option<ServerTls>,
     /// Where a new session's task goes.
     spawn: Spawn,
 }
@@ -401,14 +441,7 @@ impl AcceptContext {
                     continue;
                 }
             };
-            accept_one(
-                stream,
-                &self.config,
-                shared,
-                shutdown,
-                &mut factory,
-                &self.spawn,
-            );
+            accept_one(stream, self, &mut factory);
         }
     }
 }
@@ -421,6 +454,7 @@ impl ListenerStatsHandle {
             rejected: self.0.rejected.load(Ordering::Relaxed),
             accept_errors: self.0.accept_errors.load(Ordering::Relaxed),
             proxy_rejected: self.0.proxy_rejected.load(Ordering::Relaxed),
+            tls_rejected: self.0.tls_rejected.load(Ordering::Relaxed),
             active: self.0.active.load(Ordering::Acquire),
         }
     }
@@ -449,17 +483,12 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-fn accept_one<S, F>(
-    stream: rt::TcpStream,
-    config: &SessionConfig,
-    shared: &Arc<ListenerShared>,
-    shutdown: &ShutdownHandle,
-    factory: &mut F,
-    spawn: &Spawn,
-) where
+fn accept_one<S, F>(stream: rt::TcpStream, context: &AcceptContext, factory: &mut F)
+where
     S: Session,
     F: FnMut() -> S,
 {
+    let (config, shared) = (&context.config, &context.shared);
     if shared.active.load(Ordering::Acquire) >= config.max_connections {
         shared.rejected.fetch_add(1, Ordering::Relaxed);
         log::debug!(
@@ -489,53 +518,91 @@ fn accept_one<S, F>(
         shared: Arc::clone(shared),
         id: None,
     };
-    if !config.proxy_protocol {
-        let (_, engine) = start(stream, peer, local, config, active, session);
-        spawn.spawn(engine);
+    if !config.proxy_protocol && context.tls.is_none() {
+        let (_, engine) = start(stream, peer, local, config, active, session, None);
+        context.spawn.spawn(engine);
         return;
     }
-    let (config, shutdown) = (config.clone(), shutdown.clone());
-    spawn.spawn(serve_after_proxy_header(
-        stream, peer, local, config, active, shutdown, session,
-    ));
+    let prelude = Prelude {
+        peer,
+        local,
+        config: config.clone(),
+        tls: context.tls.clone(),
+        shutdown: context.shutdown.clone(),
+        active,
+    };
+    context.spawn.spawn(prelude.serve(stream, session));
 }
 
-/// Reads the PROXY header within its deadline, then runs the session with
-/// the client it names as the peer; a connection without a good header is
-/// counted and closed, never a session.
-async fn serve_after_proxy_header<S: Session>(
-    mut stream: rt::TcpStream,
+/// What comes before a session on a connection that has a PROXY header to
+/// read or a TLS handshake to make.
+struct Prelude {
     peer: SocketAddr,
     local: SocketAddr,
     config: SessionConfig,
-    active: Active,
+    tls: Option<ServerTls>,
     shutdown: ShutdownHandle,
-    session: S,
-) {
-    let header = rt::timeout(
-        config.proxy_header_timeout,
-        proxy_protocol::read_header(&mut stream),
-    )
-    .await;
-    let client = match header.unwrap_or(Err(ProxyError::TimedOut)) {
-        Ok(ProxyHeader::Proxied { source, .. }) => source,
-        Ok(ProxyHeader::Local) => peer,
-        Err(e) => {
-            active.shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
-            log::debug!("connection from {peer} closed: {e}");
-            return;
+    active: Active,
+}
+
+impl Prelude {
+    /// Reads the PROXY header within its deadline, then makes the TLS
+    /// handshake within its own, then runs the session (with the client
+    /// the header names as its peer). A connection that fails either is
+    /// counted and closed, never a session.
+    async fn serve<S: Session>(self, mut stream: rt::TcpStream, session: S) {
+        let mut peer = self.peer;
+        if self.config.proxy_protocol {
+            let header = rt::timeout(
+                self.config.proxy_header_timeout,
+                proxy_protocol::read_header(&mut stream),
+            )
+            .await;
+            peer = match header.unwrap_or(Err(ProxyError::TimedOut)) {
+                Ok(ProxyHeader::Proxied { source, .. }) => source,
+                Ok(ProxyHeader::Local) => peer,
+                Err(e) => {
+                    log::debug!("connection from {peer} closed: {e}");
+                    // Counted once it has left the active count.
+                    let shared = Arc::clone(&self.active.shared);
+                    drop(self);
+                    shared.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
         }
-    };
-    let shared = Arc::clone(&active.shared);
-    let (id, engine) = start(stream, client, local, &config, active, session);
-    // A shutdown that began during the header still reaches this session:
-    // `close_all` may have taken its list before the session was in it.
-    if shutdown.is_shutdown() {
-        if let Some(handle) = shared.sessions.get(id) {
-            handle.shutdown();
+        let Some(tls) = &self.tls else {
+            return self.run(stream, peer, session, None).await;
+        };
+        match crate::tls::accept(stream, tls, self.config.tls_limits()).await {
+            Ok((stream, info)) => self.run(stream, peer, session, Some(info)).await,
+            Err(e) => {
+                log::info!("TLS handshake with {peer} failed: {e}");
+                let shared = Arc::clone(&self.active.shared);
+                drop(self);
+                shared.tls_rejected.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
-    engine.await;
+
+    async fn run<S, T>(self, stream: T, peer: SocketAddr, session: S, tls: Option<TlsInfo>)
+    where
+        S: Session,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = Arc::clone(&self.active.shared);
+        let config = &self.config;
+        let (id, engine) = start(stream, peer, self.local, config, self.active, session, tls);
+        // A shutdown that began during the prelude still reaches this
+        // session: `close_all` may have taken its list before the session
+        // was in it.
+        if self.shutdown.is_shutdown() {
+            if let Some(handle) = shared.sessions.get(id) {
+                handle.shutdown();
+            }
+        }
+        engine.await;
+    }
 }
 
 /// One connection counted in [`ListenerStats::active`]: it leaves the count
@@ -554,15 +621,20 @@ impl Drop for Active {
 
 /// Registers a session; returns its id and the future that runs it and then
 /// takes it out of the registry.
-fn start<S: Session>(
-    stream: rt::TcpStream,
+fn start<S, T>(
+    stream: T,
     peer: SocketAddr,
     local: SocketAddr,
     config: &SessionConfig,
     mut active: Active,
     session: S,
-) -> (SessionId, impl Future<Output = ()> + Send + 'static) {
-    let (handle, engine) = run_session(stream, peer, local, config, session);
+    tls: Option<TlsInfo>,
+) -> (SessionId, impl Future<Output = ()> + Send + 'static)
+where
+    S: Session,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (handle, engine) = run_session_with(stream, peer, local, config, session, tls);
     let id = handle.id();
     active.shared.accepted.fetch_add(1, Ordering::Relaxed);
     active.shared.sessions.insert(handle);

@@ -16,6 +16,7 @@ use futures::task::AtomicWaker;
 use crate::config::SessionConfig;
 use crate::framing::{Frame, FrameError, Framing};
 use crate::send_queue::{Outbox, SendQueue};
+use crate::tls::TlsInfo;
 
 /// What happens on one connection: the four events of the original C#
 /// `Session` class.
@@ -131,6 +132,10 @@ pub enum DisconnectReason {
     Shutdown,
     /// A callback of the session panicked; the text is the panic's message.
     Panicked(String),
+    /// The stream ended without its protocol's own close: a TLS peer that
+    /// closed without `close_notify`, so what it sent last may be cut
+    /// short.
+    Truncated,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -148,6 +153,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Shutdown => f.write_str("shutdown"),
             DisconnectReason::Panicked(message) => {
                 write!(f, "session callback panicked: {message}")
+            }
+            DisconnectReason::Truncated => {
+                f.write_str("closed by peer without TLS close_notify (truncated)")
             }
         }
     }
@@ -226,6 +234,8 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     /// The session wants `on_sent`: every frame's length is kept.
     pub(crate) track_lens: bool,
+    /// What the TLS handshake settled, for a TLS session.
+    pub(crate) tls: Option<Box<TlsInfo>>,
     /// Frames sent and not yet taken by the engine, and who waits.
     pub(crate) outbox: Mutex<Outbox>,
     /// The outbox holds frames: readable without the lock, so that the
@@ -330,6 +340,7 @@ impl SessionHandle {
         local: SocketAddr,
         config: &SessionConfig,
         track_lens: bool,
+        tls: Option<TlsInfo>,
     ) -> SessionHandle {
         SessionHandle {
             shared: Arc::new(Shared {
@@ -343,6 +354,7 @@ impl SessionHandle {
                 low_watermark: config.send_low_watermark,
                 drain_timeout: config.drain_timeout,
                 track_lens,
+                tls: tls.map(Box::new),
                 outbox: Mutex::new(Outbox::default()),
                 has_outbox: AtomicBool::new(false),
                 has_waiters: AtomicBool::new(false),
@@ -369,6 +381,12 @@ impl SessionHandle {
     /// This side's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local
+    }
+
+    /// What the TLS handshake settled (protocol, ALPN, the peer's
+    /// certificates), for a session over TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.shared.tls.as_deref()
     }
 
     /// The framing messages are cut and sent with.

@@ -10,6 +10,7 @@
 //!   deterministic PRNG, length-prefixed framing for clients.
 
 pub mod counting_alloc;
+pub mod pki;
 pub mod process;
 
 use std::fmt;
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use async_std::task::{self, JoinHandle};
 use session_core::{
-    DisconnectReason, IpInformation, Listener, ListenerStatsHandle, Session, SessionConfig,
-    SessionHandle, SessionId, ShutdownHandle,
+    DisconnectReason, IpInformation, Listener, ListenerStatsHandle, ServerTls, Session,
+    SessionConfig, SessionHandle, SessionId, ShutdownHandle,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -363,7 +364,33 @@ where
     S: Session,
     F: FnMut() -> S + Clone + Send + 'static,
 {
-    let listener = task::block_on(Listener::bind(&IpInformation::from(addr), config))?;
+    start_listener(addr, config, None, factory)
+}
+
+/// Runs a TLS listener on `127.0.0.1:0` in a spawned task.
+pub fn start_tls_server<S, F>(config: SessionConfig, tls: ServerTls, factory: F) -> Server
+where
+    S: Session,
+    F: FnMut() -> S + Clone + Send + 'static,
+{
+    start_listener("127.0.0.1:0".parse().unwrap(), config, Some(tls), factory)
+        .expect("bind a listener on 127.0.0.1:0")
+}
+
+fn start_listener<S, F>(
+    addr: SocketAddr,
+    config: SessionConfig,
+    tls: Option<ServerTls>,
+    factory: F,
+) -> io::Result<Server>
+where
+    S: Session,
+    F: FnMut() -> S + Clone + Send + 'static,
+{
+    let mut listener = task::block_on(Listener::bind(&IpInformation::from(addr), config))?;
+    if let Some(tls) = tls {
+        listener = listener.with_tls(tls);
+    }
     let addr = listener.local_addr();
     let shutdown = listener.shutdown_handle();
     let stats = listener.stats_handle();

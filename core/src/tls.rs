@@ -1,0 +1,591 @@
+//! TLS with rustls, as a layer between the socket and the framing.
+//!
+//! rustls is sans-IO: ciphertext in, plaintext out, and back. [`TlsStream`]
+//! drives one rustls connection over the session's own socket, on the
+//! session's own worker: it reads ciphertext straight into rustls's buffer
+//! and hands plaintext to the engine's read, takes the engine's writes as
+//! plaintext and writes the records rustls makes. The engine sees a byte
+//! stream like any other, so framing, back-pressure and the close work as
+//! on plain TCP, and a plain session pays nothing for TLS (the engine is
+//! generic over its stream).
+//!
+//! The handshake runs before the session starts, with a deadline and a cap
+//! on its bytes: a peer that fails it never reaches `on_connected`.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice, Read, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::io::{AsyncRead, AsyncWrite};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Plaintext rustls keeps for sending at most; the rest waits in the
+/// session's own send queue, where it is counted.
+const SEND_BUFFER: usize = 16 * 1024;
+
+/// The server side of TLS for a [`Listener`](crate::Listener): a
+/// certificate chain and its key, and optionally the CA that client
+/// certificates must be signed by (mutual TLS).
+///
+/// ```no_run
+/// use std::path::Path;
+/// use session_core::ServerTls;
+///
+/// let tls = ServerTls::from_pem_files(Path::new("cert.pem"), Path::new("key.pem"), None)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+}
+
+/// The client side of TLS for a [`Connector`](crate::Connector): the roots
+/// it trusts, the name it expects, and optionally its own certificate.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use session_core::ClientTls;
+///
+/// // Trust one CA (say, a test CA); `None` trusts the system's roots.
+/// let tls = ClientTls::new(Some(Path::new("ca.pem")), None)?.with_server_name("localhost")?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+/// What one session's TLS handshake settled, read with
+/// [`SessionHandle::tls`](crate::SessionHandle::tls).
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    protocol: Option<rustls::ProtocolVersion>,
+    alpn: Option<Vec<u8>>,
+    peer_certificates: Vec<CertificateDer<'static>>,
+    server_name: Option<String>,
+}
+
+impl TlsInfo {
+    /// The protocol version, such as `TLSv1_3`.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.protocol
+    }
+
+    /// The application protocol both sides chose (ALPN), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// The peer's certificate chain, its own first (DER): on a server with
+    /// client certificates, the client's; on a client, the server's. A
+    /// device gateway keys its sessions by the first one's subject.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certificates
+    }
+
+    /// On a server, the name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// An error about `path`: what was tried, and what failed.
+fn file_error(what: &str, path: &Path, e: impl fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} {}: {e}", path.display()),
+    )
+}
+
+/// The certificates in a PEM file, at least one.
+fn load_certs(what: &str, path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "no certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn load_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error("TLS key file", path, e))
+}
+
+/// A root store with every certificate of a PEM file.
+fn load_roots(path: &Path) -> io::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs("TLS CA file", path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error("TLS CA file", path, e))?;
+    }
+    Ok(roots)
+}
+
+/// The system's trusted roots.
+fn system_roots() -> io::Result<RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or("none found".to_owned(), |e| e.to_string());
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("load the system's TLS roots: {why}"),
+        ));
+    }
+    Ok(roots)
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl ServerTls {
+    /// From PEM files: `cert_chain` (the server's certificate first) and
+    /// its private key (PKCS#8, PKCS#1 or SEC1). With `client_ca`, every
+    /// client must present a certificate signed by one of the CAs in that
+    /// file (mutual TLS). TLS 1.2 and 1.3. Errors name the file and what is
+    /// wrong with it.
+    pub fn from_pem_files(
+        cert_chain: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> io::Result<ServerTls> {
+        let certs = load_certs("TLS certificate file", cert_chain)?;
+        let key = load_key(key)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = Arc::new(load_roots(path)?);
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| file_error("TLS client CA file", path, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| file_error("TLS certificate and key", cert_chain, e))?;
+        Ok(ServerTls::from_config(Arc::new(config)))
+    }
+
+    /// From a rustls configuration built by hand (ALPN, session resumption,
+    /// a certificate resolver, ...).
+    pub fn from_config(config: Arc<ServerConfig>) -> ServerTls {
+        ServerTls { config }
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CAs in the PEM file `ca`, or the system's roots if
+    /// `None`; with `client_cert` (certificate chain and key PEM files),
+    /// presents that certificate to servers that ask (mutual TLS). The
+    /// server's name is checked against the name given to
+    /// [`with_server_name`](Self::with_server_name), or else the host the
+    /// connector resolved.
+    pub fn new(ca: Option<&Path>, client_cert: Option<(&Path, &Path)>) -> io::Result<ClientTls> {
+        let roots = match ca {
+            Some(path) => load_roots(path)?,
+            None => system_roots()?,
+        };
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let certs = load_certs("TLS certificate file", cert)?;
+                let key = load_key(key)?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| file_error("TLS certificate and key", cert, e))?
+            }
+        };
+        Ok(ClientTls::from_config(Arc::new(config)))
+    }
+
+    /// From a rustls configuration built by hand.
+    pub fn from_config(config: Arc<ClientConfig>) -> ClientTls {
+        ClientTls {
+            config,
+            server_name: None,
+        }
+    }
+
+    /// Expects the server to be `name` (and sends it as SNI), instead of
+    /// the host the connector resolved.
+    pub fn with_server_name(mut self, name: &str) -> io::Result<ClientTls> {
+        self.server_name = Some(server_name(name)?);
+        Ok(self)
+    }
+
+    /// The name to expect: the one given, else `host`.
+    pub(crate) fn name_for(&self, host: &str) -> io::Result<ServerName<'static>> {
+        match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => server_name(host),
+        }
+    }
+}
+
+fn server_name(name: &str) -> io::Result<ServerName<'static>> {
+    ServerName::try_from(name.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS server name {name:?}: {e}"),
+        )
+    })
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("alpn", &self.config.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .field("alpn", &self.config.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A byte stream with TLS over `io`: what the engine reads is plaintext,
+/// what it writes is encrypted.
+pub(crate) struct TlsStream<T> {
+    io: T,
+    conn: rustls::Connection,
+    /// `close_notify` was queued.
+    closing: bool,
+}
+
+/// `io` as the blocking `Read`/`Write` rustls takes: `Pending` becomes
+/// `WouldBlock`, with the waker registered.
+struct SyncIo<'a, 'b, T> {
+    io: &'a mut T,
+    cx: &'a mut Context<'b>,
+}
+
+impl<T: AsyncRead + Unpin> Read for SyncIo<'_, '_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_read(self.cx, buf) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Write for SyncIo<'_, '_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
+    fn new(io: T, mut conn: rustls::Connection) -> TlsStream<T> {
+        conn.set_buffer_limit(Some(SEND_BUFFER));
+        TlsStream {
+            io,
+            conn,
+            closing: false,
+        }
+    }
+
+    /// Writes the records rustls has made; `Pending` while the socket is
+    /// full.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.conn.wants_write() {
+            let mut io = SyncIo {
+                io: &mut self.io,
+                cx,
+            };
+            match self.conn.write_tls(&mut io) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads ciphertext into rustls and processes it; `Ready(Ok(0))` at
+    /// the end of the stream below. A TLS error sends its alert (if the
+    /// socket takes it) and fails.
+    fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut io = SyncIo {
+            io: &mut self.io,
+            cx,
+        };
+        let n = match self.conn.read_tls(&mut io) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if let Err(e) = self.conn.process_new_packets() {
+            let _ = self.poll_flush_tls(cx);
+            return Poll::Ready(Err(tls_error(e)));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Runs the handshake to its end, reading at most `max_bytes` of the
+    /// peer's.
+    fn poll_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: &mut usize,
+        max_bytes: usize,
+    ) -> Poll<io::Result<()>> {
+        while self.conn.is_handshaking() {
+            let flushed = self.poll_flush_tls(cx)?;
+            if !self.conn.wants_read() {
+                if flushed.is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            match self.poll_read_tls(cx)? {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed during the TLS handshake",
+                    )));
+                }
+                Poll::Ready(n) => {
+                    *read += n;
+                    if *read > max_bytes {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("TLS handshake over {max_bytes} bytes"),
+                        )));
+                    }
+                }
+            }
+        }
+        // The last flight goes out now if the socket takes it, else with
+        // the first write or read.
+        let _ = self.poll_flush_tls(cx)?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// What the handshake settled.
+    fn info(&self) -> TlsInfo {
+        let server_name = match &self.conn {
+            rustls::Connection::Server(server) => server.server_name().map(str::to_owned),
+            rustls::Connection::Client(_) => None,
+        };
+        TlsInfo {
+            protocol: self.conn.protocol_version(),
+            alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: self
+                .conn
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+            server_name,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Records a write left behind (the socket was full) go out first.
+        if this.conn.wants_write() {
+            if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        loop {
+            match this.conn.reader().read(buf) {
+                // 0: the peer's close_notify.
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The stream ended without close_notify: truncated.
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match this.poll_read_tls(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            // Answers the peer may need (a key update) go out at once.
+            if this.conn.wants_write() {
+                if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
+    /// Takes plaintext from `write` (which returns how much rustls took),
+    /// after writing what was waiting; `Pending` while rustls's buffer is
+    /// full and the socket is too.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut rustls::Connection) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let flushed = self.poll_flush_tls(cx)?;
+        let n = write(&mut self.conn)?;
+        if n == 0 {
+            // rustls's buffer is full: wait for the socket.
+            return match flushed {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => Poll::Ready(Ok(0)),
+            };
+        }
+        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.get_mut()
+            .poll_write_with(cx, |conn| conn.writer().write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        self.get_mut()
+            .poll_write_with(cx, |conn| conn.writer().write_vectored(bufs))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_flush_tls(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closing {
+            this.closing = true;
+            this.conn.send_close_notify();
+        }
+        match this.poll_flush_tls(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_close(cx),
+            other => other,
+        }
+    }
+}
+
+/// The server side of the handshake on `io`, within `timeout` and
+/// `max_bytes` of the client's; the stream and what it settled.
+pub(crate) async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    tls: &ServerTls,
+    limits: Limits,
+) -> io::Result<(TlsStream<T>, TlsInfo)> {
+    let conn = rustls::ServerConnection::new(Arc::clone(&tls.config)).map_err(tls_error)?;
+    handshake(TlsStream::new(io, conn.into()), limits).await
+}
+
+/// The client side of the handshake on `io`, expecting `name`.
+pub(crate) async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    tls: &ClientTls,
+    name: ServerName<'static>,
+    limits: Limits,
+) -> io::Result<(TlsStream<T>, TlsInfo)> {
+    let conn = rustls::ClientConnection::new(Arc::clone(&tls.config), name).map_err(tls_error)?;
+    handshake(TlsStream::new(io, conn.into()), limits).await
+}
+
+/// A handshake's deadline and cap on the peer's bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) max_bytes: usize,
+}
+
+async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: TlsStream<T>,
+    limits: Limits,
+) -> io::Result<(TlsStream<T>, TlsInfo)> {
+    let mut read = 0;
+    let done = crate::rt::timeout(
+        limits.timeout,
+        poll_fn(|cx| stream.poll_handshake(cx, &mut read, limits.max_bytes)),
+    )
+    .await;
+    match done {
+        Some(Ok(())) => {
+            let info = stream.info();
+            Ok((stream, info))
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TLS handshake not done within {:?}", limits.timeout),
+        )),
+    }
+}
