@@ -196,6 +196,11 @@ impl ServerTls {
     pub fn from_config(config: Arc<ServerConfig>) -> ServerTls {
         ServerTls { config }
     }
+
+    /// The rustls configuration.
+    pub fn rustls_config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
 }
 
 impl ClientTls {
@@ -242,8 +247,15 @@ impl ClientTls {
         Ok(self)
     }
 
-    /// The name to expect: the one given, else `host`.
-    pub(crate) fn name_for(&self, host: &str) -> io::Result<ServerName<'static>> {
+    /// The rustls configuration, for code that drives rustls itself (a
+    /// load generator's own loop).
+    pub fn rustls_config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    /// The name to expect from a server reached as `host`: the one given to
+    /// [`with_server_name`](Self::with_server_name), else `host`.
+    pub fn name_for(&self, host: &str) -> io::Result<ServerName<'static>> {
         match &self.server_name {
             Some(name) => Ok(name.clone()),
             None => server_name(host),
