@@ -85,7 +85,7 @@ if [ "$mode" = all ]; then
   step "session-core unit tests" cargo test --target "$target" -p session-core --lib
   # --no-fail-fast: every file runs and reports, even after a failure.
   step "session, hostile and app tests" cargo test --target "$target" -p integration-tests \
-    --no-fail-fast --test sessions --test hostile --test apps --test elsewhere
+    --no-fail-fast --test sessions --test hostile --test apps --test elsewhere --test tls
   # The Windows apps with Linux peers, and the Linux apps with Windows
   # peers, over 127.0.0.1: nc, Python, client-app both ways (interop.sh).
   step "build Linux apps" cargo build -p server-app -p client-app
