@@ -84,7 +84,7 @@ if [ "$mode" = all ]; then
   # poller's non-edge mode on IOCP, as the session tests do.
   step "session-core unit tests" cargo test --target "$target" -p session-core --lib
   # --no-fail-fast: every file runs and reports, even after a failure.
-  step "session, hostile and app tests" cargo test --target "$target" -p integration-tests \
+  step "session, hostile, app and TLS tests" cargo test --target "$target" -p integration-tests \
     --no-fail-fast --test sessions --test hostile --test apps --test elsewhere --test tls
   # The Windows apps with Linux peers, and the Linux apps with Windows
   # peers, over 127.0.0.1: nc, Python, client-app both ways (interop.sh).
