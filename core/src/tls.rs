@@ -601,3 +601,129 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionConfig;
+    use crate::connection::run_session_with;
+    use crate::session::{DisconnectReason, Session, SessionHandle};
+    use crate::test_pipe::duplex;
+    use futures::AsyncWriteExt;
+
+    /// A server and a client configuration for `localhost`, made in
+    /// memory.
+    fn configs() -> (ServerTls, ClientTls) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            ServerTls::from_config(Arc::new(server)),
+            ClientTls::from_config(Arc::new(client)),
+        )
+    }
+
+    struct Echo;
+
+    impl Session for Echo {
+        fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+            handle.send(message).unwrap();
+        }
+    }
+
+    fn limits() -> Limits {
+        SessionConfig::default().tls_limits()
+    }
+
+    /// Through a pipe of 97 bytes every write of either side is cut short
+    /// and waits: 200 KB echoed whole and in order, then a clean close
+    /// (close_notify) from the client, which the server sees as the
+    /// peer's close, not a truncation.
+    #[test]
+    fn an_echo_through_a_tiny_pipe_is_whole_and_closes_cleanly() {
+        let (server_tls, client_tls) = configs();
+        let (server_io, client_io) = duplex(97);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let reason = async_std::task::block_on(async {
+            let server = async_std::task::spawn(async move {
+                let (stream, info) = accept(server_io, &server_tls, limits()).await.unwrap();
+                let config = SessionConfig::default();
+                let (_, engine) = run_session_with(stream, addr, addr, &config, Echo, Some(info));
+                engine.await
+            });
+            let name = client_tls.name_for("localhost").unwrap();
+            let (client, info) = connect(client_io, &client_tls, name, limits())
+                .await
+                .unwrap();
+            assert_eq!(
+                info.protocol_version(),
+                Some(rustls::ProtocolVersion::TLSv1_3)
+            );
+            // One task writes and reads (the pipe keeps one waker per
+            // direction, as a socket does).
+            let (mut client, mut sent, mut echoed) = (client, 0, Vec::new());
+            let mut buf = [0u8; 4096];
+            poll_fn(|cx| {
+                while sent < data.len() {
+                    let end = (sent + 1000).min(data.len());
+                    match Pin::new(&mut client).poll_write(cx, &data[sent..end]) {
+                        Poll::Ready(Ok(n)) => sent += n,
+                        Poll::Ready(Err(e)) => panic!("write: {e}"),
+                        Poll::Pending => break,
+                    }
+                }
+                loop {
+                    match Pin::new(&mut client).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(0)) => panic!("the server closed early"),
+                        Poll::Ready(Ok(n)) => echoed.extend_from_slice(&buf[..n]),
+                        Poll::Ready(Err(e)) => panic!("read: {e}"),
+                        Poll::Pending => break,
+                    }
+                }
+                if echoed.len() < data.len() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            assert!(echoed == data, "the echo differs");
+            client.close().await.unwrap();
+            server.await
+        });
+        assert!(matches!(reason, DisconnectReason::PeerClosed), "{reason:?}");
+    }
+
+    /// A peer that sends garbage instead of a ClientHello fails the
+    /// handshake with an error, not a panic.
+    #[test]
+    fn garbage_fails_the_handshake() {
+        let (server_tls, _) = configs();
+        let (server_io, mut client_io) = duplex(4096);
+        let result = async_std::task::block_on(async {
+            client_io
+                .write_all(b"GET / HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            accept(server_io, &server_tls, limits()).await
+        });
+        let error = result.map(|_| ()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+}
