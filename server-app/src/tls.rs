@@ -4,7 +4,8 @@
 //! -noout -fingerprint -sha256` prints), so that no X.509 parser is needed
 //! to tell devices apart.
 //!
-//! `client-app` uses the display helpers too (`#[path]`).
+//! `client-app` uses this file too (`#[path]`), for what it prints about
+//! its own TLS session.
 
 use std::fmt::Write as _;
 
