@@ -470,7 +470,7 @@ fn plain_text_http_an_oversized_record_and_random_bytes_never_become_sessions() 
     let _serial = serial();
     let pki = Pki::new();
     let (server, mut events) = tls_echo(&pki, config(Framing::Raw), false);
-    let mut rng = XorShift::new(0x7153_13);
+    let mut rng = XorShift::new(0x7153);
     // A handshake record claiming 65,535 bytes (more than any TLS record
     // may hold), then some of them.
     let mut oversized = b"\x16\x03\x01\xff\xff".to_vec();
