@@ -13,6 +13,7 @@ use session_core::{DisconnectReason, SendError, Session, SessionHandle};
 
 use crate::output::{printable, say, timestamp};
 use crate::replies::ReplyTracker;
+use crate::tls;
 
 /// What the client knows about its connection, shared by the session, the
 /// sending task and `main`.
@@ -79,6 +80,9 @@ impl Greeter {
 impl Session for Greeter {
     fn on_connected(&mut self, handle: &SessionHandle) {
         say!("Connected to {}", handle.peer_addr());
+        if let Some(info) = handle.tls() {
+            say!("TLS with {}: {}", handle.peer_addr(), tls::describe(info));
+        }
     }
 
     fn on_received(&mut self, _handle: &SessionHandle, message: &[u8]) {

@@ -12,18 +12,27 @@
 //! connections, every reply checked, a summary at the end. The two modes
 //! share `--host`, `--port`, `--framing` and `--count` (greetings in the
 //! greeting mode, default 5; messages per connection in the load mode).
+//!
+//! `--tls` (with `--tls-ca`, `--tls-server-name`, `--tls-cert` and
+//! `--tls-key`) connects over TLS; a server certificate it does not trust
+//! ends it with one line saying why, and status 1.
 
 mod greeter;
 mod load;
 #[path = "../../server-app/src/output.rs"]
 mod output;
 mod replies;
+#[path = "../../server-app/src/tls.rs"]
+mod tls;
+mod tls_options;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use session_core::{Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle};
+use session_core::{
+    ClientTls, Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle,
+};
 use structopt::StructOpt;
 
 use crate::greeter::{Greeter, Shared};
@@ -55,6 +64,9 @@ struct Opt {
     /// The load mode's options, `--count` among them.
     #[structopt(flatten)]
     load: load::LoadOptions,
+    /// TLS: `--tls` and the files and name it uses.
+    #[structopt(flatten)]
+    tls: tls_options::TlsOptions,
 }
 
 /// Greetings sent when `--count` is not given.
@@ -73,7 +85,21 @@ fn main() -> ExitCode {
         Ok(matches) => Opt::from_clap(&matches),
         Err(e) => return cli_error(&e),
     };
+    // Both modes: a flag without what it needs, or a wrong file, ends it
+    // before it connects.
+    let tls = match opt.tls.client_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     if opt.load.clients.is_some() {
+        // The load mode drives its own sockets: TLS there is still to come.
+        if tls.is_some() {
+            eprintln!("error: --tls is not available in the load mode (--clients) yet");
+            return ExitCode::FAILURE;
+        }
         return match load::run(&opt.host, opt.port, opt.framing, &opt.load) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
@@ -82,7 +108,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match async_std::task::block_on(greet(opt)) {
+    match async_std::task::block_on(greet(opt, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -91,7 +117,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn greet(opt: Opt) -> Result<()> {
+async fn greet(opt: Opt, tls: Option<ClientTls>) -> Result<()> {
     say!("CLIENT RUNNING..");
     let count = opt.load.count.unwrap_or(DEFAULT_GREETINGS);
     let count = usize::try_from(count).context("--count is too large")?;
@@ -102,7 +128,10 @@ async fn greet(opt: Opt) -> Result<()> {
         framing: opt.framing,
         ..SessionConfig::default()
     };
-    let connector = Connector::new(config)?;
+    let mut connector = Connector::new(config)?;
+    if let Some(tls) = tls {
+        connector = connector.with_tls(tls);
+    }
     let server = IpInformation::resolve(&opt.host, opt.port).await?;
 
     let (changed, on_change) = async_std::channel::bounded(1);

@@ -14,8 +14,9 @@ use std::time::Duration;
 use async_std::task::block_on;
 use integration_tests::pki::Pki;
 use integration_tests::{
-    EventKind, Events, Recorder, Server, TIMEOUT, assert_fds_back_to, connect, open_fds,
-    start_tls_server, wait_until,
+    EventKind, Events, Recorder, Server, TIMEOUT, XorShift, assert_closed_within,
+    assert_fds_back_to, connect, open_fds, read_to_close, shutdown_write, start_tls_server,
+    wait_until,
 };
 use session_core::rustls::pki_types::pem::PemObject;
 use session_core::rustls::pki_types::{CertificateDer, ServerName};
@@ -457,5 +458,74 @@ fn the_proxy_header_is_read_before_the_handshake() {
     assert_eq!(handle.peer_addr(), "203.0.113.7:40000".parse().unwrap());
     assert!(handle.tls().is_some());
     drop(stream);
+    server.stop(TIMEOUT).unwrap();
+}
+
+/// What a TLS port meets on the open internet: plain text, an HTTP
+/// request, a record header that claims 64 KiB, and random bytes. Each is
+/// closed by the server without ever becoming a session, counted in
+/// `tls_rejected`; the server goes on serving a good client.
+#[test]
+fn plain_text_http_an_oversized_record_and_random_bytes_never_become_sessions() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let (server, mut events) = tls_echo(&pki, config(Framing::Raw), false);
+    let mut rng = XorShift::new(0x7153);
+    // A handshake record claiming 65,535 bytes (more than any TLS record
+    // may hold), then some of them.
+    let mut oversized = b"\x16\x03\x01\xff\xff".to_vec();
+    oversized.extend(rng.bytes(20 * 1024));
+    // Closed as soon as read: the server need not wait for our end.
+    let closed_at_once: [(&str, Vec<u8>); 3] = [
+        ("plain text", b"hello, is this the echo server?\n".to_vec()),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n".to_vec(),
+        ),
+        ("a record header claiming 64 KiB", oversized),
+    ];
+    let mut rejected = 0;
+    for (what, bytes) in closed_at_once {
+        let mut stream = connect(server.addr);
+        // The server may close before it has read everything.
+        let _ = stream.write_all(&bytes);
+        assert_closed_within(&mut stream, TIMEOUT);
+        rejected += 1;
+        assert!(
+            wait_until(TIMEOUT, || server.stats.get().tls_rejected == rejected),
+            "{what}: {:?}",
+            server.stats.get()
+        );
+    }
+    // Random bytes, some of which may look like the start of a record:
+    // the end of our stream ends those.
+    for _ in 0..50 {
+        let len = rng.range(1, 4096);
+        let bytes = rng.bytes(len);
+        let mut stream = connect(server.addr);
+        let _ = stream.write_all(&bytes);
+        shutdown_write(&stream);
+        // An alert at most, never an echo.
+        let reply = read_to_close(&mut stream, 64);
+        assert!(
+            reply.is_empty() || reply[0] == 0x15,
+            "only an alert comes back: {reply:?}"
+        );
+    }
+    rejected += 50;
+    assert!(
+        wait_until(TIMEOUT, || server.stats.get().tls_rejected == rejected),
+        "{:?} after {rejected} hostile peers",
+        server.stats.get()
+    );
+    events.pump();
+    assert!(events.seen().is_empty(), "no session started");
+    // A good client is served.
+    let mut good = rustls_stream(&pki, server.addr);
+    good.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    good.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+    drop(good);
     server.stop(TIMEOUT).unwrap();
 }

@@ -4,6 +4,7 @@
 use session_core::{DisconnectReason, Framing, SendError, Session, SessionHandle};
 
 use crate::output::{printable, say, timestamp};
+use crate::tls;
 
 /// Replies to each message with the message's bytes followed by the
 /// suffix's bytes, and prints what it receives and sends.
@@ -27,6 +28,9 @@ impl EchoSession {
 impl Session for EchoSession {
     fn on_connected(&mut self, handle: &SessionHandle) {
         say!("Connected to {}", handle.peer_addr());
+        if let (false, Some(info)) = (self.quiet, handle.tls()) {
+            say!("TLS with {}: {}", handle.peer_addr(), tls::describe(info));
+        }
     }
 
     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {

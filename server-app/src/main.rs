@@ -10,16 +10,23 @@
 //! from the PROXY header the balancer sends, `--workers N` sets how many
 //! threads run sessions, and SIGTERM is a rolling restart (the listening
 //! socket closes at once, open sessions drain, exit 0).
+//!
+//! With `--tls-cert` and `--tls-key` it serves TLS (1.2 and 1.3, rustls);
+//! with `--tls-client-ca` as well, only clients with a certificate signed by
+//! that CA (mutual TLS). A file that is missing or wrong ends it before it
+//! listens, with one line naming the file.
 
 mod echo;
 mod output;
 mod stop_requests;
+mod tls;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use session_core::{Framing, IpInformation, Listener, SessionConfig};
+use session_core::{Framing, IpInformation, Listener, ServerTls, SessionConfig};
 use structopt::StructOpt;
 
 use crate::echo::EchoSession;
@@ -66,6 +73,53 @@ struct Opt {
     /// accept loop hands connections to the workers in turn.
     #[structopt(long)]
     reuse_port: bool,
+    /// Serve TLS with this certificate chain (PEM, the server's own
+    /// certificate first); needs --tls-key.
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients whose certificate is signed by a CA
+    /// in this file (PEM); needs --tls-cert and --tls-key.
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl Opt {
+    /// The TLS configuration the flags ask for: `None` without them; an
+    /// error naming the flag that is missing, or the file that is wrong.
+    fn server_tls(&self) -> Result<Option<ServerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {
+                anyhow::ensure!(
+                    self.tls_client_ca.is_none(),
+                    "--tls-client-ca needs --tls-cert and --tls-key (client certificates are asked for over TLS)"
+                );
+                Ok(None)
+            }
+            (Some(cert), Some(key)) => Ok(Some(ServerTls::from_pem_files(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?)),
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key (its private key)"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert (its certificate)"),
+        }
+    }
+
+    /// What the start-up line says about TLS.
+    fn tls_line(&self) -> Option<String> {
+        let cert = self.tls_cert.as_ref()?;
+        let clients = match &self.tls_client_ca {
+            Some(ca) => format!("client certificates required (CA {})", ca.display()),
+            None => "no client certificates".to_owned(),
+        };
+        Some(format!(
+            "Serving TLS (1.2, 1.3) with {}, {clients}",
+            cert.display()
+        ))
+    }
 }
 
 /// More worker threads than this is a typo, not a deployment.
@@ -96,6 +150,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(opt: Opt) -> Result<()> {
+    // The files first: a wrong one ends the program before it listens.
+    let tls = opt.server_tls()?;
     // Install the handlers first: from the moment the address is printed,
     // SIGINT and SIGTERM (Windows: Ctrl-C, Ctrl-Break, console close) mean a
     // graceful shutdown, never the default death.
@@ -120,7 +176,10 @@ async fn serve(opt: Opt) -> Result<()> {
         reuse_port: opt.reuse_port,
         ..SessionConfig::default()
     };
-    let listener = Listener::bind(&ip, config).await?;
+    let mut listener = Listener::bind(&ip, config).await?;
+    if let Some(tls) = tls {
+        listener = listener.with_tls(tls);
+    }
     let addrs: Vec<String> = listener
         .local_addrs()
         .iter()
@@ -140,6 +199,10 @@ async fn serve(opt: Opt) -> Result<()> {
             ""
         }
     );
+
+    if let Some(line) = opt.tls_line() {
+        say!("{line}");
+    }
 
     let stop = listener.shutdown_handle();
     let watcher = async_std::task::spawn(async move {
