@@ -15,11 +15,12 @@ mod echo;
 mod output;
 mod stop_requests;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use session_core::{Framing, IpInformation, Listener, SessionConfig};
+use session_core::{Framing, IpInformation, Listener, ServerTls, SessionConfig};
 use structopt::StructOpt;
 
 use crate::echo::EchoSession;
@@ -66,6 +67,12 @@ struct Opt {
     /// accept loop hands connections to the workers in turn.
     #[structopt(long)]
     reuse_port: bool,
+    /// TLS: the server's certificate chain, PEM (with --tls-key).
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key, PEM (with --tls-cert).
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_key: Option<PathBuf>,
 }
 
 /// More worker threads than this is a typo, not a deployment.
@@ -121,6 +128,11 @@ async fn serve(opt: Opt) -> Result<()> {
         ..SessionConfig::default()
     };
     let listener = Listener::bind(&ip, config).await?;
+    let listener = match (&opt.tls_cert, &opt.tls_key) {
+        (Some(cert), Some(key)) => listener.with_tls(ServerTls::from_pem_files(cert, key, None)?),
+        (None, None) => listener,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let addrs: Vec<String> = listener
         .local_addrs()
         .iter()
