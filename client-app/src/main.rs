@@ -19,11 +19,14 @@ mod load;
 mod output;
 mod replies;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use session_core::{Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle};
+use session_core::{
+    ClientTls, Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle,
+};
 use structopt::StructOpt;
 
 use crate::greeter::{Greeter, Shared};
@@ -52,6 +55,15 @@ struct Opt {
     /// Seconds to wait for the replies after the last greeting.
     #[structopt(long, value_name = "SECONDS", default_value = "5", parse(try_from_str = parse_seconds))]
     wait: Duration,
+    /// TLS: encrypt the connection (for now in the load mode only).
+    #[structopt(long)]
+    tls: bool,
+    /// TLS: trust the CAs in this PEM file instead of the system's roots.
+    #[structopt(long, value_name = "PEM", parse(from_os_str))]
+    tls_ca: Option<PathBuf>,
+    /// TLS: the name to expect in the server's certificate (default: --host).
+    #[structopt(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// The load mode's options, `--count` among them.
     #[structopt(flatten)]
     load: load::LoadOptions,
@@ -74,7 +86,14 @@ fn main() -> ExitCode {
         Err(e) => return cli_error(&e),
     };
     if opt.load.clients.is_some() {
-        return match load::run(&opt.host, opt.port, opt.framing, &opt.load) {
+        let tls = match client_tls(&opt) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match load::run(&opt.host, opt.port, opt.framing, &opt.load, tls.as_ref()) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -91,7 +110,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The TLS client configuration the options ask for, if any.
+fn client_tls(opt: &Opt) -> Result<Option<ClientTls>> {
+    if !opt.tls {
+        if opt.tls_ca.is_some() || opt.tls_server_name.is_some() {
+            bail!("--tls-ca and --tls-server-name need --tls");
+        }
+        return Ok(None);
+    }
+    let mut tls = ClientTls::new(opt.tls_ca.as_deref(), None)?;
+    if let Some(name) = &opt.tls_server_name {
+        tls = tls.with_server_name(name)?;
+    }
+    Ok(Some(tls))
+}
+
 async fn greet(opt: Opt) -> Result<()> {
+    if opt.tls {
+        bail!("--tls is only in the load mode (--clients N) for now");
+    }
     say!("CLIENT RUNNING..");
     let count = opt.load.count.unwrap_or(DEFAULT_GREETINGS);
     let count = usize::try_from(count).context("--count is too large")?;
