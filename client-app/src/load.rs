@@ -43,10 +43,13 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use session_core::Framing;
+use session_core::rustls::ClientConnection;
+use session_core::{ClientTls, Framing};
 use structopt::StructOpt;
 
 use crate::output::parse_seconds;
+
+mod tls;
 
 /// Options of the load mode (flattened into the client's command line).
 #[derive(Debug, Clone, StructOpt)]
@@ -81,6 +84,12 @@ pub struct LoadOptions {
     /// all are open.
     #[structopt(long)]
     pub idle: bool,
+    /// With --tls: measure new sessions per second instead. Each of the
+    /// --clients slots connects, makes a full handshake (no resumption),
+    /// sends one message, checks its echo and closes, again and again for
+    /// --duration (default 5 s).
+    #[structopt(long)]
+    pub handshakes: bool,
 }
 
 /// What one load run measured.
@@ -116,6 +125,11 @@ pub struct Summary {
     pub p999_us: f64,
     /// Largest round trip.
     pub max_us: f64,
+    /// Handshake mode: sessions opened, handshaken, echoed once and closed
+    /// inside the measuring window (0 in the other modes).
+    pub handshakes: u64,
+    /// TLS was used.
+    pub tls: bool,
 }
 
 impl Summary {
@@ -134,6 +148,11 @@ impl Summary {
         per_sec(self.messages as f64 * self.size as f64, self.elapsed) / 1e6
     }
 
+    /// New TLS sessions per second (handshake mode).
+    pub fn handshakes_per_sec(&self) -> f64 {
+        per_sec(self.handshakes as f64, self.elapsed)
+    }
+
     /// Success when no message was lost, reordered or corrupted.
     pub fn exit_code(&self) -> std::process::ExitCode {
         if self.errors() == 0 {
@@ -150,7 +169,8 @@ impl Summary {
                 "{{\"clients\":{},\"framing\":\"{}\",\"size\":{},\"window\":{},\"rate\":{},",
                 "\"sent\":{},\"messages\":{},\"elapsed_s\":{:.6},\"msgs_per_s\":{:.1},",
                 "\"mb_per_s\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},",
-                "\"max_us\":{:.1},\"errors\":{},\"corrupt\":{},\"lost\":{},\"conn_errors\":{}}}"
+                "\"max_us\":{:.1},\"errors\":{},\"corrupt\":{},\"lost\":{},\"conn_errors\":{},",
+                "\"tls\":{},\"handshakes\":{},\"handshakes_per_s\":{:.1}}}"
             ),
             self.clients,
             self.framing,
@@ -170,22 +190,38 @@ impl Summary {
             self.corrupt,
             self.lost,
             self.conn_errors,
+            self.tls,
+            self.handshakes,
+            self.handshakes_per_sec(),
         )
     }
 
     /// The summary for people, a few lines.
     pub fn to_text(&self) -> String {
-        let mode = if self.rate > 0.0 {
+        let mode = if self.handshakes > 0 {
+            "handshakes (a full TLS handshake and one echo per connection)".to_string()
+        } else if self.rate > 0.0 {
             format!("open loop at {} msgs/s", self.rate)
         } else {
             format!("closed loop, window {}", self.window)
         };
+        let sessions = if self.handshakes > 0 {
+            format!(
+                "\nsessions:   {} in {:.2} s ({:.0} new TLS sessions/s)",
+                self.handshakes,
+                self.elapsed.as_secs_f64(),
+                self.handshakes_per_sec()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "load: {} clients, {} framing, {} B messages, {mode}\n\
+            "load: {} clients{}, {} framing, {} B messages, {mode}{sessions}\n\
              messages:   {} correct in {:.2} s ({:.0} msgs/s, {:.2} MB/s), {} sent\n\
              round trip: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us\n\
              errors:     {} (corrupt {}, lost {}, failed connections {})",
             self.clients,
+            if self.tls { " over TLS" } else { "" },
             self.framing,
             self.size,
             self.messages,
@@ -221,10 +257,22 @@ fn framing_name(framing: Framing) -> &'static str {
 /// Runs the load described by `opts` against `host:port`, prints the summary
 /// on stdout (and progress on stderr when it is a terminal), and returns it.
 ///
+/// With `tls`, every connection is a TLS session (see `load/tls.rs`): its
+/// handshake is made when it opens, before the load starts.
+///
 /// An `Err` means the run could not start (bad options, no connection);
 /// errors in the replies are counted in the [`Summary`].
-pub fn run(host: &str, port: u16, framing: Framing, opts: &LoadOptions) -> Result<Summary> {
+pub fn run(
+    host: &str,
+    port: u16,
+    framing: Framing,
+    opts: &LoadOptions,
+    tls: Option<&ClientTls>,
+) -> Result<Summary> {
     let plan = Plan::new(framing, opts)?;
+    if opts.handshakes && (tls.is_none() || opts.idle || opts.rate > 0.0) {
+        bail!("--handshakes needs --tls, and goes with neither --idle nor --rate");
+    }
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
         .with_context(|| format!("resolve {host}:{port}"))?
@@ -232,16 +280,32 @@ pub fn run(host: &str, port: u16, framing: Framing, opts: &LoadOptions) -> Resul
     if addrs.is_empty() {
         bail!("resolve {host}:{port}: no address");
     }
-    let mut streams = Vec::with_capacity(plan.clients);
-    for i in 0..plan.clients {
-        let stream = connect_any(&addrs)
-            .with_context(|| format!("connection {i} of {} to {host}:{port}", plan.clients))?;
-        streams.push(stream);
-    }
-    let summary = if opts.idle {
-        hold_idle(&plan, streams)
-    } else {
-        imp::drive(&plan, streams)?
+    let summary = match tls {
+        Some(client) if opts.handshakes => {
+            let name = client.name_for(host)?;
+            tls::handshakes(&plan, &addrs, client, name)?
+        }
+        _ => {
+            let mut streams = Vec::with_capacity(plan.clients);
+            let mut sessions = Vec::with_capacity(plan.clients);
+            let name = tls.map(|t| t.name_for(host)).transpose()?;
+            for i in 0..plan.clients {
+                let what = || format!("connection {i} of {} to {host}:{port}", plan.clients);
+                let stream = connect_any(&addrs).with_context(what)?;
+                sessions.push(match (tls, &name) {
+                    (Some(client), Some(name)) => {
+                        Some(tls::handshake(&stream, client, name.clone()).with_context(what)?)
+                    }
+                    _ => None,
+                });
+                streams.push(stream);
+            }
+            if opts.idle {
+                hold_idle(&plan, streams, sessions)
+            } else {
+                imp::drive(&plan, streams, sessions)?
+            }
+        }
     };
     if opts.json {
         println!("{}", summary.to_json());
@@ -266,7 +330,11 @@ fn connect_any(addrs: &[std::net::SocketAddr]) -> io::Result<TcpStream> {
 }
 
 /// Holds the connections open, sending nothing, for the idle measurement.
-fn hold_idle(plan: &Plan, streams: Vec<TcpStream>) -> Summary {
+fn hold_idle(
+    plan: &Plan,
+    streams: Vec<TcpStream>,
+    mut sessions: Vec<Option<ClientConnection>>,
+) -> Summary {
     let hold = plan.duration.unwrap_or(Duration::from_secs(5));
     eprintln!(
         "holding {} connections for {:.1} s",
@@ -277,16 +345,23 @@ fn hold_idle(plan: &Plan, streams: Vec<TcpStream>) -> Summary {
     let mut summary = plan.summary_base();
     summary.elapsed = hold;
     // A server that closed a connection while it was idle has failed it.
-    for stream in &streams {
+    for (stream, session) in streams.iter().zip(&mut sessions) {
         let _ = stream.set_nonblocking(true);
         let mut byte = [0u8; 1];
-        match (&*stream).read(&mut byte) {
+        let read = match session {
+            // What the server sent after the handshake (session tickets)
+            // is TLS's own; only plaintext or an end counts.
+            Some(session) => tls::read_idle(stream, session, &mut byte),
+            None => (&*stream).read(&mut byte),
+        };
+        match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Ok(0) | Err(_) => summary.conn_errors += 1,
             Ok(_) => summary.corrupt += 1,
         }
         let _ = stream.shutdown(Shutdown::Both);
     }
+    summary.tls = sessions.iter().any(Option::is_some);
     summary
 }
 
@@ -657,6 +732,9 @@ struct Conn {
     failed: Option<Failure>,
     /// Scheduled time of message 0 in ns (open loop phase).
     phase_ns: f64,
+    /// The TLS session over `stream`, handshake done: `out` is its
+    /// plaintext, and what is read goes through it.
+    tls: Option<ClientConnection>,
 }
 
 impl Conn {
@@ -725,11 +803,16 @@ mod imp {
         d.as_nanos().min(u64::MAX as u128) as u64
     }
 
-    pub(super) fn drive(plan: &Plan, streams: Vec<TcpStream>) -> Result<Summary> {
+    pub(super) fn drive(
+        plan: &Plan,
+        streams: Vec<TcpStream>,
+        sessions: Vec<Option<ClientConnection>>,
+    ) -> Result<Summary> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).context("epoll_create")?;
         let maker = MessageMaker::new(plan.framing, plan.size);
         let mut conns = Vec::with_capacity(streams.len());
-        for (i, stream) in streams.into_iter().enumerate() {
+        let tls = sessions.iter().any(Option::is_some);
+        for (i, (stream, tls)) in streams.into_iter().zip(sessions).enumerate() {
             stream.set_nonblocking(true)?;
             epoll::add(
                 &epoll,
@@ -756,6 +839,7 @@ mod imp {
                 } else {
                     0.0
                 },
+                tls,
             });
         }
         let start = Instant::now();
@@ -779,6 +863,7 @@ mod imp {
         };
         lp.run(&mut conns)?;
         let mut summary = plan.summary_base();
+        summary.tls = tls;
         summary.sent = lp.sent;
         summary.messages = lp.messages;
         // The window runs from its start (or the first measured reply, when
@@ -964,7 +1049,8 @@ mod imp {
 
         /// Queues message `c.next_seq`, stamped with `time` (ns after start).
         fn push_message(&mut self, c: &mut Conn, time: u64) {
-            if self.maker.size >= WRITE_IN_PLACE {
+            // TLS copies every message into its records anyway.
+            if self.maker.size >= WRITE_IN_PLACE && c.tls.is_none() {
                 c.unsent.push_back(c.next_seq);
             } else {
                 self.maker.append(c.id, c.next_seq, &mut c.out);
@@ -995,10 +1081,14 @@ mod imp {
 
         /// Writes queued bytes until done or the socket is full.
         fn flush(&mut self, c: &mut Conn) {
-            if !self.write_in_place(c) {
+            if c.tls.is_some() {
+                if !self.flush_tls(c) {
+                    return;
+                }
+            } else if !self.write_in_place(c) {
                 return;
             }
-            while c.out_pos < c.out.len() {
+            while c.tls.is_none() && c.out_pos < c.out.len() {
                 match send(&c.stream, &c.out[c.out_pos..]) {
                     Ok(0) => {
                         self.fail(c, Failure::Broken);
@@ -1020,7 +1110,9 @@ mod imp {
                 c.out.drain(..c.out_pos);
                 c.out_pos = 0;
             }
-            let want_write = !c.out.is_empty() || !c.unsent.is_empty();
+            let want_write = !c.out.is_empty()
+                || !c.unsent.is_empty()
+                || c.tls.as_ref().is_some_and(|t| t.wants_write());
             if want_write != c.want_write {
                 c.want_write = want_write;
                 let mut flags = epoll::EventFlags::IN;
@@ -1075,8 +1167,59 @@ mod imp {
             true
         }
 
-        /// Reads what has arrived and checks it against what was sent.
+        /// Hands the queued plaintext to TLS and writes its records until
+        /// done or the socket is full: one `writev` for all the records a
+        /// batch makes. False if the connection failed.
+        fn flush_tls(&mut self, c: &mut Conn) -> bool {
+            let Some(tls) = c.tls.as_mut() else {
+                return true;
+            };
+            // Bounded: each round moves plaintext or writes records, else
+            // it stops.
+            loop {
+                let mut moved = 0;
+                if c.out_pos < c.out.len() {
+                    match tls.writer().write(&c.out[c.out_pos..]) {
+                        Ok(n) => moved = n,
+                        Err(_) => {
+                            self.fail(c, Failure::Broken);
+                            return false;
+                        }
+                    }
+                    c.out_pos += moved;
+                }
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(&mut &c.stream) {
+                        Ok(0) => {
+                            self.fail(c, Failure::Broken);
+                            return false;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.fail(c, Failure::Broken);
+                            return false;
+                        }
+                    }
+                }
+                if blocked || c.out_pos == c.out.len() || moved == 0 {
+                    return true;
+                }
+            }
+        }
+
+        /// Reads what has arrived, through TLS if the connection has it,
+        /// and checks it against what was sent.
         fn on_readable(&mut self, c: &mut Conn, buf: &mut [u8], now: u64) {
+            if c.tls.is_some() {
+                self.on_readable_tls(c, buf, now);
+                return;
+            }
             let n = match recv(&c.stream, buf) {
                 Ok(0) => {
                     self.fail(c, Failure::Broken);
@@ -1096,12 +1239,75 @@ mod imp {
                     return;
                 }
             };
+            self.check(c, &buf[..n], now);
+        }
+
+        /// Reads one batch of records and checks the plaintext in them.
+        fn on_readable_tls(&mut self, c: &mut Conn, buf: &mut [u8], now: u64) {
+            let Some(tls) = c.tls.as_mut() else {
+                return;
+            };
+            match tls.read_tls(&mut &c.stream) {
+                Ok(0) => {
+                    self.fail(c, Failure::Broken);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return;
+                }
+                Err(_) => {
+                    self.fail(c, Failure::Broken);
+                    return;
+                }
+            }
+            if tls.process_new_packets().is_err() {
+                // A record that fails to decrypt: the bytes were wrong.
+                self.fail(c, Failure::Corrupt);
+                return;
+            }
+            // Bounded by what rustls decrypted from one read.
+            loop {
+                let Some(tls) = c.tls.as_mut() else { return };
+                match tls.reader().read(buf) {
+                    // close_notify: the server ended the session.
+                    Ok(0) => {
+                        self.fail(c, Failure::Broken);
+                        return;
+                    }
+                    Ok(n) => {
+                        self.check(c, &buf[..n], now);
+                        if c.failed.is_some() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.fail(c, Failure::Broken);
+                        return;
+                    }
+                }
+            }
+            // Anything TLS wants to answer (a key update) goes out now.
+            if c.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                self.flush(c);
+            }
+        }
+
+        /// Checks `data`, the next bytes of the replies, against what was
+        /// sent, and in closed loop sends a message for each reply done.
+        fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) {
             // Checked against the messages regenerated from their numbers,
             // without building them: bytes that differ from what was sent,
             // or beyond all of it, are wrong; the replies before the first
             // wrong byte still count.
             let wire = self.maker.wire_len();
-            let mut data = &buf[..n];
+            let mut data = data;
             let mut completed = 0u64;
             let mut wrong = false;
             while !data.is_empty() {
@@ -1170,7 +1376,11 @@ mod imp {
 mod imp {
     use super::*;
 
-    pub(super) fn drive(_plan: &Plan, _streams: Vec<TcpStream>) -> Result<Summary> {
+    pub(super) fn drive(
+        _plan: &Plan,
+        _streams: Vec<TcpStream>,
+        _sessions: Vec<Option<ClientConnection>>,
+    ) -> Result<Summary> {
         bail!("the load mode needs Linux (epoll)")
     }
 }

@@ -95,12 +95,7 @@ fn main() -> ExitCode {
         }
     };
     if opt.load.clients.is_some() {
-        // The load mode drives its own sockets: TLS there is still to come.
-        if tls.is_some() {
-            eprintln!("error: --tls is not available in the load mode (--clients) yet");
-            return ExitCode::FAILURE;
-        }
-        return match load::run(&opt.host, opt.port, opt.framing, &opt.load) {
+        return match load::run(&opt.host, opt.port, opt.framing, &opt.load, tls.as_ref()) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
                 eprintln!("error: {e:#}");
