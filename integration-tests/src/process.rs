@@ -610,3 +610,25 @@ mod sys {
         }
     }
 }
+
+/// A number from the summary's one JSON line.
+pub fn json_number(json: &str, key: &str) -> f64 {
+    let needle = format!("\"{key}\":");
+    let start = json
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + needle.len();
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+}
+
+/// The one line of a load run's output that is JSON (`--json`).
+pub fn json_line(out: &str) -> &str {
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "expected one JSON line in {out:?}");
+    lines[0]
+}

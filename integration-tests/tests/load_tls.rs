@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use integration_tests::pki::Pki;
-use integration_tests::process::Proc;
+use integration_tests::process::{Proc, json_line, json_number};
 
 /// How long one load run may take before the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -54,27 +54,6 @@ fn run_tls_load(pki: &Pki, port: u16, extra: &[&str]) -> (String, bool) {
         client.stderr
     );
     (out, client.status.success())
-}
-
-/// A number from the summary's one JSON line.
-fn json_number(json: &str, key: &str) -> f64 {
-    let needle = format!("\"{key}\":");
-    let start = json
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + needle.len();
-    let rest = &json[start..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end]
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
-}
-
-fn json_line(out: &str) -> &str {
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
-    assert_eq!(lines.len(), 1, "expected one JSON line in {out:?}");
-    lines[0]
 }
 
 #[test]
