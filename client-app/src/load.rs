@@ -639,6 +639,14 @@ impl Histogram {
         self.max = self.max.max(value);
     }
 
+    /// Puts the round-trip percentiles (in microseconds) into `summary`.
+    fn report(&self, summary: &mut Summary) {
+        summary.p50_us = self.percentile(0.50) as f64 / 1e3;
+        summary.p99_us = self.percentile(0.99) as f64 / 1e3;
+        summary.p999_us = self.percentile(0.999) as f64 / 1e3;
+        summary.max_us = self.max as f64 / 1e3;
+    }
+
     fn percentile(&self, q: f64) -> u64 {
         if self.count == 0 {
             return 0;
@@ -884,10 +892,7 @@ mod imp {
                 _ => c.in_flight(),
             })
             .sum();
-        summary.p50_us = lp.hist.percentile(0.50) as f64 / 1e3;
-        summary.p99_us = lp.hist.percentile(0.99) as f64 / 1e3;
-        summary.p999_us = lp.hist.percentile(0.999) as f64 / 1e3;
-        summary.max_us = lp.hist.max as f64 / 1e3;
+        lp.hist.report(&mut summary);
         Ok(summary)
     }
 

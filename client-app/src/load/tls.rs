@@ -185,10 +185,7 @@ mod imp {
         summary.corrupt = lp.corrupt;
         summary.conn_errors = lp.conn_errors;
         summary.lost = lp.lost;
-        summary.p50_us = lp.hist.percentile(0.50) as f64 / 1e3;
-        summary.p99_us = lp.hist.percentile(0.99) as f64 / 1e3;
-        summary.p999_us = lp.hist.percentile(0.999) as f64 / 1e3;
-        summary.max_us = lp.hist.max as f64 / 1e3;
+        lp.hist.report(&mut summary);
         Ok(summary)
     }
 
