@@ -1225,26 +1225,34 @@ mod imp {
                 self.on_readable_tls(c, buf, now);
                 return;
             }
-            let n = match recv(&c.stream, buf) {
+            let Some(n) = self.read_some(c, recv(&c.stream, buf)) else {
+                return;
+            };
+            self.check(c, &buf[..n], now);
+        }
+
+        /// The bytes a read brought, if any; the end of the stream or an
+        /// error fails the connection, and `None` also when nothing waits.
+        fn read_some(&mut self, c: &mut Conn, read: io::Result<usize>) -> Option<usize> {
+            match read {
                 Ok(0) => {
                     self.fail(c, Failure::Broken);
-                    return;
+                    None
                 }
-                Ok(n) => n,
+                Ok(n) => Some(n),
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    return;
+                    None
                 }
                 Err(_) => {
                     self.fail(c, Failure::Broken);
-                    return;
+                    None
                 }
-            };
-            self.check(c, &buf[..n], now);
+            }
         }
 
         /// Reads one batch of records and checks the plaintext in them.
@@ -1252,25 +1260,13 @@ mod imp {
             let Some(tls) = c.tls.as_mut() else {
                 return;
             };
-            match tls.read_tls(&mut &c.stream) {
-                Ok(0) => {
-                    self.fail(c, Failure::Broken);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    return;
-                }
-                Err(_) => {
-                    self.fail(c, Failure::Broken);
-                    return;
-                }
+            let read = tls.read_tls(&mut &c.stream);
+            if self.read_some(c, read).is_none() {
+                return;
             }
+            let Some(tls) = c.tls.as_mut() else {
+                return;
+            };
             if tls.process_new_packets().is_err() {
                 // A record that fails to decrypt: the bytes were wrong.
                 self.fail(c, Failure::Corrupt);
