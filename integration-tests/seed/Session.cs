@@ -41,16 +41,21 @@ public abstract class Session
         _socket = socket;
         _isConnected = TRUE;
 
+        // [test change] The send args are made before the first receive, not
+        // after it: a message already waiting completes that receive at once,
+        // and its reply went out through a send args not yet made (a
+        // NullReferenceException that closed the session). A peer that
+        // greets as soon as it connects (client-app) met it now and then.
+        // Send
+        _sendArgs = new SocketAsyncEventArgs();
+        _sendArgs.Completed += OnSendCompleted;
+
         // Receive
         _recvArgs = new SocketAsyncEventArgs();
         _recvArgs.Completed += OnReceiveCompleted;
         _recvArgs.SetBuffer(new byte[1024], 0, 1024);
 
         BeginReceive();
-
-        // Send
-        _sendArgs = new SocketAsyncEventArgs();
-        _sendArgs.Completed += OnSendCompleted;
 
         // 연결 완료 통보하기
         // 반드시 Init 끝자락에서 호출
