@@ -22,7 +22,9 @@ mod worker;
 pub use worker::Runtime;
 
 pub(crate) use timer::{Timer, sleep, timeout, timer_at};
-pub(crate) use worker::{STREAMING_READ, TcpListener, TcpStream, connect, set_worker_threads};
+pub(crate) use worker::{
+    STREAMING_READ, TcpListener, TcpStream, connect, set_worker_threads, spawn_on_current,
+};
 
 /// A handle that waits for a spawned task's output.
 pub(crate) type JoinHandle<T> = async_std::task::JoinHandle<T>;

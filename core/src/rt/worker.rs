@@ -297,6 +297,23 @@ impl Pool {
     }
 }
 
+/// Runs `future` as a task of its own on this thread's worker; gives it
+/// back if this thread is not a worker. A connection's prelude (PROXY
+/// header, TLS handshake) hands its session over this way, so the session
+/// does not live inside the larger future of the prelude for its whole life.
+pub(crate) fn spawn_on_current<F>(future: F) -> Result<(), F>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match current() {
+        Some(worker) => {
+            spawn_on(worker, future);
+            Ok(())
+        }
+        None => Err(future),
+    }
+}
+
 fn spawn_on(worker: Arc<Worker>, future: impl Future<Output = ()> + Send + 'static) {
     let task = Arc::new(Task {
         future: Mutex::new(Some(Box::pin(future))),
