@@ -2,9 +2,10 @@
 //!
 //! rustls is sans-IO: ciphertext in, plaintext out, and back. [`TlsStream`]
 //! drives one rustls connection over the session's own socket, on the
-//! session's own worker: it reads ciphertext straight into rustls's buffer
-//! and hands plaintext to the engine's read, takes the engine's writes as
-//! plaintext and writes the records rustls makes. The engine sees a byte
+//! session's own worker, with rustls's unbuffered API: ciphertext is
+//! decrypted in a buffer of the thread's and the plaintext handed to the
+//! engine's read; the engine's writes are encrypted and written at once. An
+//! idle session keeps no TLS buffer (`tls/stream.rs`). The engine sees a byte
 //! stream like any other, so framing, back-pressure and the close work as
 //! on plain TCP, and a plain session pays nothing for TLS (the engine is
 //! generic over its stream).
@@ -13,21 +14,21 @@
 //! on its bytes: a peer that fails it never reaches `on_connected`.
 
 use std::fmt;
-use std::future::poll_fn;
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures::io::{AsyncRead, AsyncWrite};
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// Plaintext rustls keeps for sending at most; the rest waits in the
-/// session's own send queue, where it is counted.
-const SEND_BUFFER: usize = 16 * 1024;
+mod stream;
+
+pub(crate) use stream::TlsStream;
+use stream::{Conn, RecordSni};
 
 /// The server side of TLS for a [`Listener`](crate::Listener): a
 /// certificate chain and its key, and optionally the CA that client
@@ -194,7 +195,13 @@ impl ServerTls {
     /// From a rustls configuration built by hand (ALPN, session resumption,
     /// a certificate resolver, ...).
     pub fn from_config(config: Arc<ServerConfig>) -> ServerTls {
-        ServerTls { config }
+        // The resolver also notes the name each client asks for (see
+        // `TlsInfo::server_name`).
+        let mut config = Arc::unwrap_or_clone(config);
+        config.cert_resolver = Arc::new(RecordSni(config.cert_resolver));
+        ServerTls {
+            config: Arc::new(config),
+        }
     }
 
     /// The rustls configuration.
@@ -289,267 +296,6 @@ impl fmt::Debug for ClientTls {
     }
 }
 
-/// A byte stream with TLS over `io`: what the engine reads is plaintext,
-/// what it writes is encrypted.
-pub(crate) struct TlsStream<T> {
-    io: T,
-    conn: rustls::Connection,
-    /// `close_notify` was queued.
-    closing: bool,
-}
-
-/// `io` as the blocking `Read`/`Write` rustls takes: `Pending` becomes
-/// `WouldBlock`, with the waker registered.
-struct SyncIo<'a, 'b, T> {
-    io: &'a mut T,
-    cx: &'a mut Context<'b>,
-}
-
-impl<T: AsyncRead + Unpin> Read for SyncIo<'_, '_, T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.io).poll_read(self.cx, buf) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> Write for SyncIo<'_, '_, T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
-    fn new(io: T, mut conn: rustls::Connection) -> TlsStream<T> {
-        conn.set_buffer_limit(Some(SEND_BUFFER));
-        TlsStream {
-            io,
-            conn,
-            closing: false,
-        }
-    }
-
-    /// Writes the records rustls has made; `Pending` while the socket is
-    /// full.
-    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.conn.wants_write() {
-            let mut io = SyncIo {
-                io: &mut self.io,
-                cx,
-            };
-            match self.conn.write_tls(&mut io) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Reads ciphertext into rustls and processes it; `Ready(Ok(0))` at
-    /// the end of the stream below. A TLS error sends its alert (if the
-    /// socket takes it) and fails.
-    fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut io = SyncIo {
-            io: &mut self.io,
-            cx,
-        };
-        let n = match self.conn.read_tls(&mut io) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        if let Err(e) = self.conn.process_new_packets() {
-            let _ = self.poll_flush_tls(cx);
-            return Poll::Ready(Err(tls_error(e)));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    /// Runs the handshake to its end, reading at most `max_bytes` of the
-    /// peer's.
-    fn poll_handshake(
-        &mut self,
-        cx: &mut Context<'_>,
-        read: &mut usize,
-        max_bytes: usize,
-    ) -> Poll<io::Result<()>> {
-        while self.conn.is_handshaking() {
-            let flushed = self.poll_flush_tls(cx)?;
-            if !self.conn.wants_read() {
-                if flushed.is_pending() {
-                    return Poll::Pending;
-                }
-                continue;
-            }
-            match self.poll_read_tls(cx)? {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(0) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the peer closed during the TLS handshake",
-                    )));
-                }
-                Poll::Ready(n) => {
-                    *read += n;
-                    if *read > max_bytes {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("TLS handshake over {max_bytes} bytes"),
-                        )));
-                    }
-                }
-            }
-        }
-        // The last flight goes out now if the socket takes it, else with
-        // the first write or read.
-        let _ = self.poll_flush_tls(cx)?;
-        Poll::Ready(Ok(()))
-    }
-
-    /// What the handshake settled.
-    fn info(&self) -> TlsInfo {
-        let server_name = match &self.conn {
-            rustls::Connection::Server(server) => server.server_name().map(str::to_owned),
-            rustls::Connection::Client(_) => None,
-        };
-        TlsInfo {
-            protocol: self.conn.protocol_version(),
-            alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
-            peer_certificates: self
-                .conn
-                .peer_certificates()
-                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default(),
-            server_name,
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        // Records a write left behind (the socket was full) go out first.
-        if this.conn.wants_write() {
-            if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        loop {
-            match this.conn.reader().read(buf) {
-                // 0: the peer's close_notify.
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The stream ended without close_notify: truncated.
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            match this.poll_read_tls(cx) {
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            // Answers the peer may need (a key update) go out at once.
-            if this.conn.wants_write() {
-                if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
-    /// Takes plaintext from `write` (which returns how much rustls took),
-    /// after writing what was waiting; `Pending` while rustls's buffer is
-    /// full and the socket is too.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl FnOnce(&mut rustls::Connection) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        let flushed = self.poll_flush_tls(cx)?;
-        let n = write(&mut self.conn)?;
-        if n == 0 {
-            // rustls's buffer is full: wait for the socket.
-            return match flushed {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(()) => Poll::Ready(Ok(0)),
-            };
-        }
-        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.get_mut()
-            .poll_write_with(cx, |conn| conn.writer().write(buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        self.get_mut()
-            .poll_write_with(cx, |conn| conn.writer().write_vectored(bufs))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match this.poll_flush_tls(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_flush(cx),
-            other => other,
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.closing {
-            this.closing = true;
-            this.conn.send_close_notify();
-        }
-        match this.poll_flush_tls(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_close(cx),
-            other => other,
-        }
-    }
-}
-
 /// The server side of the handshake on `io`, within `timeout` and
 /// `max_bytes` of the client's; the stream and what it settled.
 pub(crate) async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
@@ -557,8 +303,8 @@ pub(crate) async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
     tls: &ServerTls,
     limits: Limits,
 ) -> io::Result<(TlsStream<T>, TlsInfo)> {
-    let conn = rustls::ServerConnection::new(Arc::clone(&tls.config)).map_err(tls_error)?;
-    handshake(TlsStream::new(io, conn.into()), limits).await
+    let conn = UnbufferedServerConnection::new(Arc::clone(&tls.config)).map_err(tls_error)?;
+    handshake(TlsStream::new(io, Conn::Server(Box::new(conn))), limits).await
 }
 
 /// The client side of the handshake on `io`, expecting `name`.
@@ -568,8 +314,8 @@ pub(crate) async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
     name: ServerName<'static>,
     limits: Limits,
 ) -> io::Result<(TlsStream<T>, TlsInfo)> {
-    let conn = rustls::ClientConnection::new(Arc::clone(&tls.config), name).map_err(tls_error)?;
-    handshake(TlsStream::new(io, conn.into()), limits).await
+    let conn = UnbufferedClientConnection::new(Arc::clone(&tls.config), name).map_err(tls_error)?;
+    handshake(TlsStream::new(io, Conn::Client(Box::new(conn))), limits).await
 }
 
 /// A handshake's deadline and cap on the peer's bytes.
@@ -583,23 +329,9 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     mut stream: TlsStream<T>,
     limits: Limits,
 ) -> io::Result<(TlsStream<T>, TlsInfo)> {
-    let mut read = 0;
-    let done = crate::rt::timeout(
-        limits.timeout,
-        poll_fn(|cx| stream.poll_handshake(cx, &mut read, limits.max_bytes)),
-    )
-    .await;
-    match done {
-        Some(Ok(())) => {
-            let info = stream.info();
-            Ok((stream, info))
-        }
-        Some(Err(e)) => Err(e),
-        None => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("TLS handshake not done within {:?}", limits.timeout),
-        )),
-    }
+    stream.handshake(limits).await?;
+    let info = stream.info();
+    Ok((stream, info))
 }
 
 #[cfg(test)]
@@ -610,6 +342,9 @@ mod tests {
     use crate::session::{DisconnectReason, Session, SessionHandle};
     use crate::test_pipe::duplex;
     use futures::AsyncWriteExt;
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::task::Poll;
 
     /// A server and a client configuration for `localhost`, made in
     /// memory.
