@@ -228,9 +228,11 @@ impl Attempt {
 }
 
 /// Hands the session's handle to `opened`, runs it, and sends why it
-/// ended to `done`.
+/// ended to `done`. The session runs as a task of its own on this worker,
+/// so the attempt's larger future (connecting, the handshake) is freed
+/// now, not when the session ends.
 async fn report(
-    (handle, engine): (SessionHandle, impl Future<Output = DisconnectReason>),
+    (handle, engine): (SessionHandle, impl Future<Output = DisconnectReason> + Send + 'static),
     opened: oneshot::Sender<io::Result<SessionHandle>>,
     done: oneshot::Sender<DisconnectReason>,
 ) {
@@ -238,11 +240,16 @@ async fn report(
         // The caller stopped waiting: no session starts.
         return;
     }
-    let reason = match AssertUnwindSafe(engine).catch_unwind().await {
-        Ok(reason) => reason,
-        Err(payload) => DisconnectReason::Panicked(panic_message(payload.as_ref())),
+    let session = async move {
+        let reason = match AssertUnwindSafe(engine).catch_unwind().await {
+            Ok(reason) => reason,
+            Err(payload) => DisconnectReason::Panicked(panic_message(payload.as_ref())),
+        };
+        let _ = done.send(reason);
     };
-    let _ = done.send(reason);
+    if let Err(session) = rt::spawn_on_current(session) {
+        session.await;
+    }
 }
 
 /// Tries each of `endpoints` in turn, each for at most the connect timeout,
