@@ -232,7 +232,10 @@ impl Attempt {
 /// so the attempt's larger future (connecting, the handshake) is freed
 /// now, not when the session ends.
 async fn report(
-    (handle, engine): (SessionHandle, impl Future<Output = DisconnectReason> + Send + 'static),
+    (handle, engine): (
+        SessionHandle,
+        impl Future<Output = DisconnectReason> + Send + 'static,
+    ),
     opened: oneshot::Sender<io::Result<SessionHandle>>,
     done: oneshot::Sender<DisconnectReason>,
 ) {

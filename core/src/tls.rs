@@ -461,4 +461,58 @@ mod tests {
         let error = result.map(|_| ()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
     }
+
+    /// Reads all of `len` bytes from `stream`, `chunk` bytes at most per
+    /// read.
+    async fn read_exactly<T: AsyncRead + AsyncWrite + Unpin>(
+        stream: &mut TlsStream<T>,
+        len: usize,
+        chunk: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        while got.len() < len {
+            let n = poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            assert_ne!(n, 0, "the stream ended after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Once what came is read and what was written has gone, a session
+    /// holds no TLS buffer of its own: that is what keeps idle TLS
+    /// sessions small. Plaintext larger than the reader's buffer waits in
+    /// the session meanwhile, and comes out whole and in order.
+    #[test]
+    fn an_idle_stream_holds_no_buffer_and_small_reads_get_everything() {
+        let (server_tls, client_tls) = configs();
+        let (server_io, client_io) = duplex(64 * 1024);
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        async_std::task::block_on(async {
+            // The server's task reports what it held; a failed assertion
+            // there would leave this test waiting.
+            let server = async_std::task::spawn(async move {
+                let (mut stream, _) = accept(server_io, &server_tls, limits()).await.unwrap();
+                // 10 bytes per read: most of each record waits in the
+                // session between reads.
+                let got = read_exactly(&mut stream, 40_000, 10).await;
+                stream.write_all(&got).await.unwrap();
+                stream.flush().await.unwrap();
+                (got, stream.held())
+            });
+            let name = client_tls.name_for("localhost").unwrap();
+            let (mut client, _) = connect(client_io, &client_tls, name, limits())
+                .await
+                .unwrap();
+            client.write_all(&data).await.unwrap();
+            let echoed = read_exactly(&mut client, data.len(), 4096).await;
+            assert!(echoed == data, "the echo differs");
+            let (got, after_echo) = server.await;
+            assert!(got == data, "the server read something else");
+            assert_eq!(after_echo, 0, "the server, after the echo");
+            assert_eq!(client.held(), 0, "the client, after the echo");
+        });
+    }
 }

@@ -592,6 +592,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
         }
     }
 
+    /// Bytes of buffers the session holds (the tests check that an idle
+    /// session holds none).
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.incoming.capacity() + self.plaintext.capacity() + self.outgoing.capacity()
+    }
+
     /// What the handshake settled.
     pub(super) fn info(&mut self) -> TlsInfo {
         let common = self.conn.common();
