@@ -53,7 +53,10 @@ impl Session for KindEcho {
     }
 }
 
-fn kind_echo() -> (KindEcho, Events, Receiver<(MessageKind, Vec<u8>)>) {
+/// Each message a session got, with its kind.
+type Kinds = Receiver<(MessageKind, Vec<u8>)>;
+
+fn kind_echo() -> (KindEcho, Events, Kinds) {
     let (recorder, events) = Recorder::new();
     let (tx, rx) = channel();
     (
@@ -581,11 +584,7 @@ fn ws_connect(
     config: SessionConfig,
     client: WebSocketClient,
     tls: Option<ClientTls>,
-) -> std::io::Result<(
-    session_core::Connection,
-    Events,
-    Receiver<(MessageKind, Vec<u8>)>,
-)> {
+) -> std::io::Result<(session_core::Connection, Events, Kinds)> {
     let (recorder, events) = Recorder::new();
     let (tx, rx) = channel();
     let session = KindEchoClient {
