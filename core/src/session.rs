@@ -649,10 +649,10 @@ impl SessionHandle {
         }
         self.check_open()?;
         if kind == MessageKind::Text {
-            let valid = match parts {
-                [one] => std::str::from_utf8(one).is_ok(),
-                _ => std::str::from_utf8(&parts.concat()).is_ok(),
-            };
+            // Valid parts make a valid whole; a character split across
+            // parts needs the whole to be looked at.
+            let valid = parts.iter().all(|p| std::str::from_utf8(p).is_ok())
+                || (parts.len() > 1 && std::str::from_utf8(&parts.concat()).is_ok());
             if !valid {
                 return Err(SendError::Frame(FrameError::WebSocket(
                     WebSocketError::InvalidUtf8,
