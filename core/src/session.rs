@@ -286,6 +286,12 @@ impl fmt::Debug for SessionHandle {
 /// than a reference (a count, a segment) in time and memory.
 const SHARE_FROM: usize = 512;
 
+/// What a session's layers settled.
+pub(crate) struct Layers {
+    tls: Option<TlsInfo>,
+    websocket: Option<WebSocketInfo>,
+}
+
 /// A close requested from outside the engine, or decided by it.
 pub(crate) const OPEN: u8 = 0;
 pub(crate) const CLOSE_LOCAL: u8 = 1;
@@ -307,10 +313,9 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     /// The session wants `on_sent`: every frame's length is kept.
     pub(crate) track_lens: bool,
-    /// What the TLS handshake settled, for a TLS session.
-    pub(crate) tls: Option<Box<TlsInfo>>,
-    /// What the WebSocket upgrade settled, for a WebSocket session.
-    pub(crate) websocket: Option<Box<WebSocketInfo>>,
+    /// What the TLS handshake and the WebSocket upgrade settled, for a
+    /// session that has either: one box, so a plain session pays one word.
+    pub(crate) layers: Option<Box<Layers>>,
     /// Frames sent and not yet taken by the engine, and who waits.
     pub(crate) outbox: Mutex<Outbox>,
     /// The outbox holds frames: readable without the lock, so that the
@@ -434,8 +439,8 @@ impl SessionHandle {
                 low_watermark: config.send_low_watermark,
                 drain_timeout: config.drain_timeout,
                 track_lens,
-                tls: tls.map(Box::new),
-                websocket: websocket.map(Box::new),
+                layers: (tls.is_some() || websocket.is_some())
+                    .then(|| Box::new(Layers { tls, websocket })),
                 outbox: Mutex::new(Outbox::default()),
                 has_outbox: AtomicBool::new(false),
                 has_waiters: AtomicBool::new(false),
@@ -467,13 +472,13 @@ impl SessionHandle {
     /// What the TLS handshake settled (protocol, ALPN, the peer's
     /// certificates), for a session over TLS.
     pub fn tls(&self) -> Option<&TlsInfo> {
-        self.shared.tls.as_deref()
+        self.shared.layers.as_ref()?.tls.as_ref()
     }
 
     /// What the WebSocket upgrade settled (path, subprotocol, origin), for
     /// a WebSocket session.
     pub fn websocket(&self) -> Option<&WebSocketInfo> {
-        self.shared.websocket.as_deref()
+        self.shared.layers.as_ref()?.websocket.as_ref()
     }
 
     /// The framing messages are cut and sent with.
@@ -681,10 +686,7 @@ impl SessionHandle {
     }
 
     fn is_websocket_client(&self) -> bool {
-        self.shared
-            .websocket
-            .as_ref()
-            .is_some_and(|w| w.is_client())
+        self.websocket().is_some_and(WebSocketInfo::is_client)
     }
 
     /// Queues one WebSocket frame of `opcode` (open checked by the caller):
