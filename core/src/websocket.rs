@@ -1310,6 +1310,103 @@ mod tests {
         assert_eq!(decoder.buffered(), 0);
     }
 
+    /// Decodes `wire` fed `step` bytes at a time, as the engine does;
+    /// the messages and pings, and the error it stopped at.
+    fn decode_all(
+        server: bool,
+        wire: &[u8],
+        max: usize,
+        step: usize,
+    ) -> (Vec<(Option<MessageKind>, Vec<u8>)>, Option<WebSocketError>) {
+        let mut decoder = WebSocketDecoder::new(server, max);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for chunk in wire.chunks(step.max(1)) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some((used, event))) => {
+                        match event {
+                            Some(WebSocketEvent::Message(kind, m)) => {
+                                out.push((Some(kind), m.to_vec()))
+                            }
+                            Some(WebSocketEvent::Ping(p)) => out.push((None, p.to_vec())),
+                            _ => {}
+                        }
+                        buf.drain(..used);
+                    }
+                    Ok(None) => {
+                        assert!(buf.len() < 14 + max.max(125));
+                        break;
+                    }
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            decoder.settle();
+        }
+        (out, None)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Messages cut into fragments, with pings between them, come out
+        /// whole and in order however the bytes are split.
+        #[test]
+        fn messages_survive_any_fragmentation_and_any_split(
+            messages in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(0u8..128, 0..300), 1usize..4),
+                1..8,
+            ),
+            step in 1usize..64,
+            server in proptest::bool::ANY,
+        ) {
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for (text, payload, pieces) in &messages {
+                let kind = if *text { MessageKind::Text } else { MessageKind::Binary };
+                let size = payload.len().div_ceil(*pieces).max(1);
+                let chunks: Vec<&[u8]> = if payload.is_empty() {
+                    vec![&[]]
+                } else {
+                    payload.chunks(size).collect()
+                };
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let opcode = if i == 0 { kind.opcode() } else { OP_CONTINUATION };
+                    let fin = i + 1 == chunks.len();
+                    let mut frame = Vec::new();
+                    let mask = server.then(mask_key);
+                    write_frame(&mut frame, opcode, &[chunk], chunk.len(), mask);
+                    if !fin {
+                        frame[0] &= 0x7F;
+                    }
+                    wire.extend(frame);
+                    if i == 0 && !fin {
+                        write_frame(&mut wire, OP_PING, &[b"p"], 1, mask);
+                        want.push((None, b"p".to_vec()));
+                    }
+                }
+                want.push((Some(kind), payload.clone()));
+            }
+            let (got, error) = decode_all(server, &wire, 300, step);
+            proptest::prop_assert_eq!(error, None);
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        /// Arbitrary bytes never panic, and split or whole give the same.
+        #[test]
+        fn arbitrary_bytes_decode_alike_whole_and_split(
+            wire in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            step in 1usize..16,
+            server in proptest::bool::ANY,
+            max in 1usize..100,
+        ) {
+            let whole = decode_all(server, &wire, max, wire.len());
+            let split = decode_all(server, &wire, max, step);
+            proptest::prop_assert_eq!(whole, split);
+        }
+    }
+
     #[test]
     fn close_frames_are_cut_to_125_bytes_on_a_character() {
         let payload = close_payload(1000, &"\u{e9}".repeat(100));
