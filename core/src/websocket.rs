@@ -1310,14 +1310,13 @@ mod tests {
         assert_eq!(decoder.buffered(), 0);
     }
 
+    /// Messages (`Some(kind)`) and pings (`None`), and the error decoding
+    /// stopped at.
+    type Decoded = (Vec<(Option<MessageKind>, Vec<u8>)>, Option<WebSocketError>);
+
     /// Decodes `wire` fed `step` bytes at a time, as the engine does;
     /// the messages and pings, and the error it stopped at.
-    fn decode_all(
-        server: bool,
-        wire: &[u8],
-        max: usize,
-        step: usize,
-    ) -> (Vec<(Option<MessageKind>, Vec<u8>)>, Option<WebSocketError>) {
+    fn decode_all(server: bool, wire: &[u8], max: usize, step: usize) -> Decoded {
         let mut decoder = WebSocketDecoder::new(server, max);
         let mut out = Vec::new();
         let mut buf = Vec::new();

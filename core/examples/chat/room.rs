@@ -320,16 +320,19 @@ impl Rooms {
         let Some(room) = self.rooms.get(room) else {
             return;
         };
+        // One frame per kind of member the room has.
         let mut delivered = 0;
-        if !room.sessions.is_empty() {
-            if let Ok(frame) = Frame::new(self.framing, line.as_bytes(), MAX_OUT) {
-                delivered += room.sessions.broadcast(&frame, except).delivered;
-            }
+        let plain = (!room.sessions.is_empty())
+            .then(|| Frame::new(self.framing, line.as_bytes(), MAX_OUT).ok())
+            .flatten();
+        if let Some(frame) = plain {
+            delivered += room.sessions.broadcast(&frame, except).delivered;
         }
-        if !room.websockets.is_empty() {
-            if let Ok(frame) = Frame::websocket(MessageKind::Text, line.as_bytes(), MAX_OUT) {
-                delivered += room.websockets.broadcast(&frame, except).delivered;
-            }
+        let websocket = (!room.websockets.is_empty())
+            .then(|| Frame::websocket(MessageKind::Text, line.as_bytes(), MAX_OUT).ok())
+            .flatten();
+        if let Some(frame) = websocket {
+            delivered += room.websockets.broadcast(&frame, except).delivered;
         }
         self.stats
             .deliveries
