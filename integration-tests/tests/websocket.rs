@@ -817,3 +817,227 @@ fn wss_carries_websocket_over_tls() {
     integration_tests::assert_closed_within(&mut plain, TIMEOUT);
     assert!(wait_until(TIMEOUT, || server.stats.get().tls_rejected == 1));
 }
+
+/// Reads one client frame from a raw server's side: (opcode, mask key,
+/// unmasked payload). Client frames must be masked.
+fn read_client_frame(stream: &mut TcpStream) -> (u8, [u8; 4], Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).unwrap();
+    assert_ne!(head[1] & 0x80, 0, "a client frame is not masked");
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).unwrap();
+            usize::from(u16::from_be_bytes(b))
+        }
+        127 => panic!("no test frame is that long"),
+        n => usize::from(n),
+    };
+    let mut key = [0u8; 4];
+    stream.read_exact(&mut key).unwrap();
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).unwrap();
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+    (head[0] & 0x0F, key, payload)
+}
+
+#[test]
+fn the_connector_masks_every_frame_and_refuses_a_masked_server_frame() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = server.accept().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let head = read_head(&mut stream);
+        assert!(head.starts_with("GET /raw HTTP/1.1\r\n"), "{head}");
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("a key")
+            .to_owned();
+        // 16 random bytes in base64.
+        assert_eq!(key.len(), 24, "{key}");
+        stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    accept_for(&key)
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let mut keys = Vec::new();
+        for i in 0..3u8 {
+            let (opcode, key, payload) = read_client_frame(&mut stream);
+            assert_eq!((opcode, payload), (TEXT, vec![b'a' + i]));
+            keys.push(key);
+        }
+        keys.dedup();
+        assert_eq!(keys.len(), 3, "the same masking key twice in a row");
+        // A ping is answered with a masked pong.
+        stream.write_all(&frame(true, PING, b"hey", false)).unwrap();
+        let (opcode, _, payload) = read_client_frame(&mut stream);
+        assert_eq!((opcode, payload), (PONG, b"hey".to_vec()));
+        // A masked frame from a server breaks the protocol: 1002.
+        stream.write_all(&masked(BINARY, b"masked")).unwrap();
+        let (opcode, _, payload) = read_client_frame(&mut stream);
+        assert_eq!(opcode, CLOSE);
+        u16::from_be_bytes([payload[0], payload[1]])
+    });
+    let (connection, _events, _kinds) = ws_connect(
+        addr,
+        SessionConfig::default(),
+        WebSocketClient::new("/raw"),
+        None,
+    )
+    .unwrap();
+    for text in ["a", "b", "c"] {
+        connection.handle().send_text(text).unwrap();
+    }
+    let reason = block_on(connection.closed());
+    assert!(
+        matches!(reason, DisconnectReason::WebSocket(ref e) if e.close_code() == 1002),
+        "{reason}"
+    );
+    assert_eq!(peer.join().unwrap(), 1002);
+}
+
+/// `Sec-WebSocket-Accept` for `key`: SHA-1 of the key and the RFC's GUID,
+/// in base64, by the test's own small SHA-1 so that the library's is not
+/// checked against itself.
+fn accept_for(key: &str) -> String {
+    let mut data = key.as_bytes().to_vec();
+    data.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(&sha1(&data))
+}
+
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes([
+                block[4 * i],
+                block[4 * i + 1],
+                block[4 * i + 2],
+                block[4 * i + 3],
+            ]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, word) in h.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_test_sha1_and_base64_give_the_rfc_example() {
+    assert_eq!(
+        accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+}
+
+#[test]
+fn on_sent_reports_messages_unmasked_and_never_pongs_or_closes() {
+    let (recorder, mut server_events) = Recorder::new();
+    let recorder = recorder.echo().record_sent();
+    let server = start_websocket_server(SessionConfig::default(), WebSocketServer::new(), None, {
+        move || recorder.clone()
+    });
+    let mut client = upgraded(server.addr, "/");
+    client.write_all(&masked(PING, b"p")).unwrap();
+    client.write_all(&masked(BINARY, b"one")).unwrap();
+    assert_eq!(read_frame(&mut client), (true, PONG, b"p".to_vec()));
+    assert_eq!(read_frame(&mut client), (true, BINARY, b"one".to_vec()));
+    client.write_all(&masked(CLOSE, b"\x03\xe8")).unwrap();
+    assert_eq!(expect_close(&mut client), Some(1000));
+    let (id, _) = server_events.next_connected(&[]);
+    server_events.reason(id);
+    let sent: Vec<_> = server_events
+        .of(id)
+        .into_iter()
+        .filter_map(|k| match k {
+            integration_tests::EventKind::Sent(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![b"one".to_vec()]);
+
+    // A client's frames are masked on the wire; `on_sent` sees the
+    // message.
+    let (recorder, mut events) = Recorder::new();
+    let connector = Connector::new(SessionConfig::default())
+        .unwrap()
+        .with_websocket(WebSocketClient::new("/"));
+    let connection =
+        block_on(connector.connect(&IpInformation::from(server.addr), recorder.record_sent()))
+            .unwrap();
+    connection.handle().send_text("two").unwrap();
+    let (id, _) = events.next_connected(&[]);
+    assert_eq!(events.wait_received(id, 1), vec![b"two".to_vec()]);
+    assert!(
+        events
+            .wait_for(
+                TIMEOUT,
+                |e| matches!(&e.kind, integration_tests::EventKind::Sent(m) if m == b"two")
+            )
+            .is_some()
+    );
+}
