@@ -147,6 +147,12 @@ impl SessionConfig {
         if self.max_frame_len == 0 {
             return Err("max_frame_len must be at least 1".into());
         }
+        if self.framing == Framing::WebSocket {
+            return Err(
+                "framing websocket comes with the upgrade: use Listener::with_websocket or Connector::with_websocket"
+                    .into(),
+            );
+        }
         if self.framing == Framing::LengthPrefixed && self.max_frame_len > 65_533 {
             return Err(format!(
                 "max_frame_len {} is more than a length-prefixed frame can hold (65533)",
@@ -217,6 +223,25 @@ impl SessionConfig {
             timeout: self.tls_handshake_timeout,
             max_bytes: self.tls_max_handshake_bytes,
         }
+    }
+
+    /// Checks the config for WebSocket sessions: valid, and a send queue
+    /// that holds one largest message with its longest header.
+    pub(crate) fn validated_for_websocket(&self) -> std::io::Result<()> {
+        self.validated()?;
+        let largest = self
+            .max_frame_len
+            .saturating_add(Framing::WebSocket.overhead());
+        if largest > self.max_send_queue {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "invalid session config: max_send_queue ({}) cannot hold one largest WebSocket frame ({largest} bytes)",
+                    self.max_send_queue
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The WebSocket upgrade's limits.
@@ -302,6 +327,22 @@ mod tests {
             ..SessionConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("read_buffer_size"));
+
+        let config = SessionConfig {
+            framing: Framing::WebSocket,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("with_websocket"));
+        let config = SessionConfig {
+            max_frame_len: 100,
+            max_send_queue: 110,
+            send_high_watermark: 50,
+            send_low_watermark: 10,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let err = config.validated_for_websocket().unwrap_err().to_string();
+        assert!(err.contains("WebSocket frame (114 bytes)"), "{err}");
 
         let config = SessionConfig {
             websocket_max_header_bytes: 10,

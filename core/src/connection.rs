@@ -316,15 +316,6 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             self.handle.id(),
             self.handle.peer_addr()
         );
-        if let Some(ws) = &mut self.ws {
-            // The close frame goes out after what was queued before it.
-            if drain && !ws.close_sent {
-                ws.close_sent = true;
-                if let Some(payload) = websocket::close_for(&reason) {
-                    let _ = self.handle.send_control(websocket::OP_CLOSE, &payload);
-                }
-            }
-        }
         self.phase = if drain {
             let deadline = Instant::now() + self.handle.shared.drain_timeout;
             Phase::Draining(Box::new(Draining {
@@ -338,6 +329,23 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 linger_until: None,
             }))
         };
+        self.queue_websocket_close();
+    }
+
+    /// A WebSocket session that has begun to drain sends its close frame,
+    /// with the code for its reason, behind what was queued before it.
+    /// (A close without draining, a slow consumer's, writes nothing more.)
+    fn queue_websocket_close(&mut self) {
+        let (Some(ws), Phase::Draining(draining)) = (&mut self.ws, &self.phase) else {
+            return;
+        };
+        if ws.close_sent {
+            return;
+        }
+        ws.close_sent = true;
+        if let Some(payload) = websocket::close_for(&draining.reason) {
+            let _ = self.handle.send_control(websocket::OP_CLOSE, &payload);
+        }
     }
 
     /// Acts on a close asked for through the handle.
@@ -565,6 +573,8 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         }
         ws.decoder.settle();
         self.ws = Some(ws);
+        // A callback that panicked began the close while the state was out.
+        self.queue_websocket_close();
         self.check_close_request();
         if let Some(reason) = close {
             self.begin_close(reason, true);

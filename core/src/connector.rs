@@ -187,9 +187,7 @@ impl Connector {
         session: S,
     ) -> io::Result<Connection> {
         if self.websocket.is_some() {
-            let mut ws_config = self.config.clone();
-            ws_config.framing = crate::Framing::WebSocket;
-            ws_config.validated()?;
+            self.config.validated_for_websocket()?;
         }
         let runtime = match &self.runtime {
             Some(runtime) => runtime.clone(),

@@ -349,9 +349,7 @@ impl Listener {
         } = self;
         if websocket.is_some() {
             // The frames' header takes more room than the config's framing.
-            let mut ws_config = config.clone();
-            ws_config.framing = crate::Framing::WebSocket;
-            ws_config.validated()?;
+            config.validated_for_websocket()?;
         }
         // One accept loop per worker with `reuse_port`, each on a socket of
         // its own and keeping its sessions; else one, on one worker, that

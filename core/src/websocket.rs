@@ -1407,6 +1407,66 @@ mod tests {
     }
 
     #[test]
+    fn reasons_map_to_close_codes() {
+        use crate::session::DisconnectReason as R;
+        let cases = [
+            (R::LocalClose, Some(1000)),
+            (R::Shutdown, Some(1001)),
+            (R::Idle, Some(1001)),
+            (R::FrameTooLarge { len: 2, max: 1 }, Some(1009)),
+            (R::WebSocket(WebSocketError::InvalidUtf8), Some(1007)),
+            (R::WebSocket(WebSocketError::ReservedBits(1)), Some(1002)),
+            (R::Panicked("boom".into()), Some(1011)),
+            (
+                R::WebSocketClose {
+                    code: Some(4000),
+                    reason: "app".into(),
+                },
+                Some(4000),
+            ),
+            (
+                R::WebSocketClose {
+                    code: None,
+                    reason: String::new(),
+                },
+                None,
+            ),
+            (R::PeerClosed, None),
+            (R::SlowConsumer, None),
+        ];
+        for (reason, code) in cases {
+            assert_eq!(reason.websocket_close_code(), code, "{reason}");
+        }
+        // An answer to a close without a code has no code either, but is
+        // sent.
+        let bare = R::WebSocketClose {
+            code: None,
+            reason: String::new(),
+        };
+        assert_eq!(close_for(&bare), Some(Vec::new()));
+    }
+
+    #[test]
+    fn framing_decodes_what_it_encodes_and_refuses_the_rest() {
+        use crate::framing::{FrameError, Framing};
+        let mut out = bytes::BytesMut::new();
+        Framing::WebSocket
+            .encode(&[7; 300], 1000, &mut out)
+            .unwrap();
+        let decoded = Framing::WebSocket.decode(&out, 1000).unwrap().unwrap();
+        assert_eq!((decoded.payload, decoded.consumed), (4..304, 304));
+        assert_eq!(Framing::WebSocket.decode(&out[..100], 1000), Ok(None));
+        assert!(matches!(
+            Framing::WebSocket.decode(&out, 299),
+            Err(FrameError::TooLarge { len: 300, max: 299 })
+        ));
+        assert_eq!(
+            Framing::WebSocket.decode(&masked(0x82, b"x"), 10),
+            Err(FrameError::WebSocket(WebSocketError::MaskedServerFrame))
+        );
+    }
+
+    #[test]
     fn close_frames_are_cut_to_125_bytes_on_a_character() {
         let payload = close_payload(1000, &"\u{e9}".repeat(100));
         assert!(payload.len() <= 125);

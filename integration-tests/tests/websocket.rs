@@ -1041,3 +1041,27 @@ fn on_sent_reports_messages_unmasked_and_never_pongs_or_closes() {
             .is_some()
     );
 }
+
+#[test]
+fn a_panicking_callback_closes_with_1011_and_idle_with_1001() {
+    let (recorder, mut events) = Recorder::new();
+    let recorder = recorder.reply(|_, message| {
+        assert_ne!(message, b"boom", "the session panics on boom");
+    });
+    let config = SessionConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..SessionConfig::default()
+    };
+    let server = start_websocket_server(config, WebSocketServer::new(), None, move || {
+        recorder.clone()
+    });
+    let mut client = upgraded(server.addr, "/");
+    client.write_all(&masked(TEXT, b"boom")).unwrap();
+    assert_eq!(expect_close(&mut client), Some(1011));
+    assert!(matches!(
+        only_reason(&mut events),
+        DisconnectReason::Panicked(_)
+    ));
+    let mut idle = upgraded(server.addr, "/");
+    assert_eq!(expect_close(&mut idle), Some(1001));
+}
