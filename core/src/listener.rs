@@ -655,8 +655,16 @@ impl Prelude {
                 let upgrade = rt::timeout(
                     limits.timeout,
                     websocket::accept(&mut stream, server, limits),
-                )
-                .await;
+                );
+                // A shutdown does not wait for an upgrade that is late.
+                let stop = poll_fn(|cx| self.shutdown.poll_requested(cx));
+                let upgrade = match select(Box::pin(upgrade), Box::pin(stop)).await {
+                    Either::Left((upgrade, _)) => upgrade,
+                    Either::Right(_) => Some(Err(websocket::Refused {
+                        status: None,
+                        reason: "shutting down".into(),
+                    })),
+                };
                 let refused = match upgrade {
                     Some(Ok((info, rest))) => Ok(WsStart { info, rest }),
                     Some(Err(refused)) => Err(refused.to_string()),

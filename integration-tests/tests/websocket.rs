@@ -1065,3 +1065,16 @@ fn a_panicking_callback_closes_with_1011_and_idle_with_1001() {
     let mut idle = upgraded(server.addr, "/");
     assert_eq!(expect_close(&mut idle), Some(1001));
 }
+
+#[test]
+fn a_shutdown_does_not_wait_for_an_unfinished_upgrade() {
+    let (server, _events) = echo_server(SessionConfig::default());
+    let mut slow = connect(server.addr);
+    slow.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    assert!(wait_until(TIMEOUT, || server.stats.get().active == 1));
+    let started = Instant::now();
+    // The upgrade's own deadline is 10 s, the drain deadline 5 s.
+    server.stop(Duration::from_secs(3)).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    integration_tests::assert_closed_within(&mut slow, TIMEOUT);
+}
