@@ -265,13 +265,13 @@ impl WebSocketDecoder {
                     check_utf8(kind, payload)?;
                     Some(WebSocketEvent::Message(kind, payload))
                 } else {
-                    self.message.extend_from_slice(payload);
+                    self.append(payload);
                     self.kind = Some(kind);
                     None
                 }
             }
             OP_CONTINUATION => {
-                self.message.extend_from_slice(payload);
+                self.append(payload);
                 match self.kind {
                     Some(kind) if head.fin => {
                         self.kind = None;
@@ -288,6 +288,19 @@ impl WebSocketDecoder {
             op => return Err(WebSocketError::UnknownOpcode(op)),
         };
         Ok(Some((total, event)))
+    }
+
+    /// Adds a fragment to the message being joined: the buffer doubles as
+    /// a `Vec` does, but never past the maximum (the header check made
+    /// sure the message fits in it).
+    fn append(&mut self, fragment: &[u8]) {
+        let message = &mut self.message;
+        let need = message.len() + fragment.len();
+        if need > message.capacity() {
+            let grown = (message.capacity() * 2).clamp(need, self.max.max(need));
+            message.reserve_exact(grown - message.len());
+        }
+        message.extend_from_slice(fragment);
     }
 
     /// Frees a message handed out whole (a large buffer goes back to the
@@ -1307,6 +1320,7 @@ mod tests {
                 "h\u{e9}llo".as_bytes()
             ))
         );
+        assert!(decoder.message.capacity() <= 100);
         assert_eq!(decoder.buffered(), 0);
     }
 
