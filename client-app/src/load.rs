@@ -251,6 +251,7 @@ fn framing_name(framing: Framing) -> &'static str {
         Framing::Raw => "raw",
         Framing::Lines => "lines",
         Framing::LengthPrefixed => "length-prefixed",
+        Framing::WebSocket => "websocket",
     }
 }
 

@@ -16,6 +16,10 @@
 //! `--tls` (with `--tls-ca`, `--tls-server-name`, `--tls-cert` and
 //! `--tls-key`) connects over TLS; a server certificate it does not trust
 //! ends it with one line saying why, and status 1.
+//!
+//! `--websocket` (with `--path`, default `/`) speaks WebSocket (RFC 6455;
+//! `wss` with `--tls`): the greetings go out as text messages and each
+//! reply is one message.
 
 mod greeter;
 mod load;
@@ -31,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use session_core::{
-    ClientTls, Connector, Framing, IpInformation, SendError, SessionConfig, SessionHandle,
+    ClientTls, Connector, Framing, IpInformation, MessageKind, SendError, SessionConfig,
+    SessionHandle, WebSocketClient,
 };
 use structopt::StructOpt;
 
@@ -67,6 +72,14 @@ struct Opt {
     /// TLS: `--tls` and the files and name it uses.
     #[structopt(flatten)]
     tls: tls_options::TlsOptions,
+    /// Speak WebSocket (RFC 6455): an HTTP upgrade on --path, then each
+    /// greeting is a text message. With --tls: wss. WebSocket has its own
+    /// message boundaries: --framing must be raw.
+    #[structopt(long)]
+    websocket: bool,
+    /// The path the WebSocket upgrade asks for.
+    #[structopt(long, default_value = "/")]
+    path: String,
 }
 
 /// Greetings sent when `--count` is not given.
@@ -85,6 +98,13 @@ fn main() -> ExitCode {
         Ok(matches) => Opt::from_clap(&matches),
         Err(e) => return cli_error(&e),
     };
+    if opt.websocket && opt.framing != Framing::Raw {
+        eprintln!(
+            "error: --websocket has its own message boundaries; --framing {} cannot go with it",
+            opt.framing
+        );
+        return ExitCode::from(2);
+    }
     // Both modes: a flag without what it needs, or a wrong file, ends it
     // before it connects.
     let tls = match opt.tls.client_tls() {
@@ -95,6 +115,10 @@ fn main() -> ExitCode {
         }
     };
     if opt.load.clients.is_some() {
+        if opt.websocket {
+            eprintln!("error: the load mode does not speak WebSocket yet");
+            return ExitCode::from(2);
+        }
         return match load::run(&opt.host, opt.port, opt.framing, &opt.load, tls.as_ref()) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
@@ -126,6 +150,9 @@ async fn greet(opt: Opt, tls: Option<ClientTls>) -> Result<()> {
     let mut connector = Connector::new(config)?;
     if let Some(tls) = tls {
         connector = connector.with_tls(tls);
+    }
+    if opt.websocket {
+        connector = connector.with_websocket(WebSocketClient::new(&opt.path));
     }
     let server = IpInformation::resolve(&opt.host, opt.port).await?;
 
@@ -161,7 +188,8 @@ async fn send_greetings(
         if i > 0 {
             async_std::task::sleep(interval).await;
         }
-        if let Err(e) = handle.send(greeting) {
+        // A text message over WebSocket; framed as `send` does otherwise.
+        if let Err(e) = handle.send_message(MessageKind::Text, &[greeting]) {
             shared.update(|p| p.send_error = Some(e));
             return;
         }

@@ -1,9 +1,19 @@
 //! A chat server: rooms, nicks, join and leave notices, one line per
-//! message, so that `nc 127.0.0.1 12346` is a client.
+//! message, so that `nc 127.0.0.1 12346` is a client. With `--ws-port` a
+//! second listener takes WebSocket clients into the same rooms, so that a
+//! browser can join (each text message is a line).
 //!
 //! ```text
-//! cargo run -p session-core --example chat_server -- --port 12346
+//! cargo run -p session-core --example chat_server -- --port 12346 --ws-port 12347
 //! nc 127.0.0.1 12346
+//! ```
+//!
+//! and in a browser's console:
+//!
+//! ```text
+//! const ws = new WebSocket("ws://127.0.0.1:12347/");
+//! ws.onmessage = (e) => console.log(e.data);
+//! ws.onopen = () => ws.send("hello from the browser");
 //! ```
 //!
 //! Commands: `/nick NAME`, `/join ROOM` (everyone starts in `lobby`), `/who`,
@@ -19,21 +29,24 @@ mod room;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use session_core::{Framing, IpInformation, Listener, SessionConfig};
+use session_core::{Framing, IpInformation, Listener, SessionConfig, WebSocketServer};
 
-const USAGE: &str = "usage: chat_server [--host HOST] [--port PORT]
-  --host HOST   address to listen on (default 127.0.0.1)
-  --port PORT   port to listen on, 0 for any free one (default 12346)";
+const USAGE: &str = "usage: chat_server [--host HOST] [--port PORT] [--ws-port PORT]
+  --host HOST      address to listen on (default 127.0.0.1)
+  --port PORT      port to listen on, 0 for any free one (default 12346)
+  --ws-port PORT   also take WebSocket clients (browsers) on this port";
 
 struct Args {
     host: String,
     port: u16,
+    ws_port: Option<u16>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         host: "127.0.0.1".to_owned(),
         port: 12346,
+        ws_port: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +56,13 @@ fn parse_args() -> Result<Args, String> {
             "--port" => {
                 let port = value("--port")?;
                 args.port = port.parse().map_err(|e| format!("--port {port:?}: {e}"))?;
+            }
+            "--ws-port" => {
+                let port = value("--ws-port")?;
+                let port = port
+                    .parse()
+                    .map_err(|e| format!("--ws-port {port:?}: {e}"))?;
+                args.ws_port = Some(port);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -71,9 +91,20 @@ fn main() -> ExitCode {
     };
     let result = async_std::task::block_on(async {
         let ip = IpInformation::resolve(&args.host, args.port).await?;
-        let listener = Listener::bind(&ip, config).await?;
+        let listener = Listener::bind(&ip, config.clone()).await?;
         println!("Listening on {}", listener.local_addr());
-        room::serve(listener).await
+        let Some(ws_port) = args.ws_port else {
+            return room::serve(listener).await;
+        };
+        let ip = IpInformation::resolve(&args.host, ws_port).await?;
+        let websockets = Listener::bind(&ip, config)
+            .await?
+            .with_websocket(WebSocketServer::new());
+        println!("WebSocket clients on ws://{}/", websockets.local_addr());
+        // One chat, two doors: the rooms are the same.
+        let chat = room::Chat::new();
+        futures::try_join!(chat.clone().run(listener), chat.run(websockets))?;
+        Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

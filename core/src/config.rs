@@ -97,6 +97,17 @@ pub struct SessionConfig {
     /// With TLS: the most bytes a peer may send during the handshake
     /// (a certificate chain fits in a few kilobytes). Default 64 KiB.
     pub tls_max_handshake_bytes: usize,
+    /// With WebSocket: how long a connection may take to finish its
+    /// upgrade (the HTTP request and the answer). Default 10 s.
+    pub websocket_handshake_timeout: Duration,
+    /// With WebSocket: the most bytes of an upgrade's request (or, for a
+    /// client, response) head; a server answers a longer one with `431`.
+    /// Default 8 KiB, at least 256 and at most 1 MiB.
+    pub websocket_max_header_bytes: usize,
+    /// With WebSocket: the most header fields of an upgrade's head; a
+    /// server answers more with `431`. Default 64, at least 8 and at most
+    /// 1,024.
+    pub websocket_max_headers: usize,
 }
 
 impl Default for SessionConfig {
@@ -119,6 +130,9 @@ impl Default for SessionConfig {
             nodelay: true,
             tls_handshake_timeout: Duration::from_secs(10),
             tls_max_handshake_bytes: 64 * 1024,
+            websocket_handshake_timeout: Duration::from_secs(10),
+            websocket_max_header_bytes: 8 * 1024,
+            websocket_max_headers: 64,
         }
     }
 }
@@ -132,6 +146,12 @@ impl SessionConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_len == 0 {
             return Err("max_frame_len must be at least 1".into());
+        }
+        if self.framing == Framing::WebSocket {
+            return Err(
+                "framing websocket comes with the upgrade: use Listener::with_websocket or Connector::with_websocket"
+                    .into(),
+            );
         }
         if self.framing == Framing::LengthPrefixed && self.max_frame_len > 65_533 {
             return Err(format!(
@@ -170,6 +190,18 @@ impl SessionConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        if !(256..=1 << 20).contains(&self.websocket_max_header_bytes) {
+            return Err(format!(
+                "websocket_max_header_bytes {} is not between 256 and 1048576",
+                self.websocket_max_header_bytes
+            ));
+        }
+        if !(8..=1024).contains(&self.websocket_max_headers) {
+            return Err(format!(
+                "websocket_max_headers {} is not between 8 and 1024",
+                self.websocket_max_headers
+            ));
+        }
         Ok(())
     }
 
@@ -190,6 +222,34 @@ impl SessionConfig {
         crate::tls::Limits {
             timeout: self.tls_handshake_timeout,
             max_bytes: self.tls_max_handshake_bytes,
+        }
+    }
+
+    /// Checks the config for WebSocket sessions: valid, and a send queue
+    /// that holds one largest message with its longest header.
+    pub(crate) fn validated_for_websocket(&self) -> std::io::Result<()> {
+        self.validated()?;
+        let largest = self
+            .max_frame_len
+            .saturating_add(Framing::WebSocket.overhead());
+        if largest > self.max_send_queue {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "invalid session config: max_send_queue ({}) cannot hold one largest WebSocket frame ({largest} bytes)",
+                    self.max_send_queue
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The WebSocket upgrade's limits.
+    pub(crate) fn websocket_limits(&self) -> crate::websocket::Limits {
+        crate::websocket::Limits {
+            timeout: self.websocket_handshake_timeout,
+            max_bytes: self.websocket_max_header_bytes,
+            max_headers: self.websocket_max_headers,
         }
     }
 
@@ -267,5 +327,42 @@ mod tests {
             ..SessionConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("read_buffer_size"));
+
+        let config = SessionConfig {
+            framing: Framing::WebSocket,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("with_websocket"));
+        let config = SessionConfig {
+            max_frame_len: 100,
+            max_send_queue: 110,
+            send_high_watermark: 50,
+            send_low_watermark: 10,
+            ..SessionConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let err = config.validated_for_websocket().unwrap_err().to_string();
+        assert!(err.contains("WebSocket frame (114 bytes)"), "{err}");
+
+        let config = SessionConfig {
+            websocket_max_header_bytes: 10,
+            ..SessionConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("websocket_max_header_bytes")
+        );
+        let config = SessionConfig {
+            websocket_max_headers: 5000,
+            ..SessionConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("websocket_max_headers")
+        );
     }
 }

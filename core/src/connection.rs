@@ -30,6 +30,7 @@ use crate::session::{
     SessionHandle,
 };
 use crate::tls::TlsInfo;
+use crate::websocket::{self, WebSocketDecoder, WebSocketEvent, WsEngine, WsStart};
 
 /// Reads one wake-up may do before it yields to other tasks.
 const READS_PER_POLL: usize = 16;
@@ -86,10 +87,11 @@ where
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    run_session_with(io, peer, local, config, session, None)
+    run_session_layered(io, peer, local, config, session, None, None)
 }
 
 /// [`run_session`], for a stream whose TLS handshake settled `tls`.
+#[cfg_attr(not(test), allow(dead_code))] // The TLS layer's tests use it.
 pub(crate) fn run_session_with<S, T>(
     io: T,
     peer: SocketAddr,
@@ -105,8 +107,42 @@ where
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handle = SessionHandle::new(peer, local, config, session.wants_on_sent(), tls);
-    let engine = Engine::new(io, handle.clone(), config, session);
+    run_session_layered(io, peer, local, config, session, tls, None)
+}
+
+/// [`run_session`], for a stream whose TLS handshake settled `tls` and
+/// whose WebSocket upgrade settled `ws`.
+pub(crate) fn run_session_layered<S, T>(
+    io: T,
+    peer: SocketAddr,
+    local: SocketAddr,
+    config: &SessionConfig,
+    session: S,
+    tls: Option<TlsInfo>,
+    ws: Option<WsStart>,
+) -> (
+    SessionHandle,
+    impl Future<Output = DisconnectReason> + Send + 'static,
+)
+where
+    S: Session,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (info, rest) = match ws {
+        Some(WsStart { info, rest }) => (Some(info), rest),
+        None => (None, Vec::new()),
+    };
+    let server = info.as_ref().map(|info| !info.is_client());
+    let handle = SessionHandle::new(peer, local, config, session.wants_on_sent(), tls, info);
+    let mut engine = Engine::new(io, handle.clone(), config, session);
+    if let Some(server) = server {
+        engine.ws = Some(Box::new(WsEngine {
+            decoder: WebSocketDecoder::new(server, config.max_frame_len),
+            close_sent: false,
+        }));
+        // The first frames, sent with the upgrade: delivered once started.
+        engine.pending = rest;
+    }
     (handle, engine)
 }
 
@@ -201,6 +237,8 @@ struct Engine<S: Session, T: AsyncRead + AsyncWrite + Unpin> {
     /// Bytes of one read (the buffer is the thread's); at most 1 GiB.
     read_buffer_size: u32,
     phase: Phase,
+    /// The WebSocket layer's state, for a WebSocket session only.
+    ws: Option<Box<WsEngine>>,
 }
 
 // The engine never pins the session or the stream in place.
@@ -230,6 +268,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             // `SessionConfig::validate` holds it to 1 GiB.
             read_buffer_size: config.read_buffer_size as u32,
             phase: Phase::Open,
+            ws: None,
         }
     }
 
@@ -290,6 +329,23 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 linger_until: None,
             }))
         };
+        self.queue_websocket_close();
+    }
+
+    /// A WebSocket session that has begun to drain sends its close frame,
+    /// with the code for its reason, behind what was queued before it.
+    /// (A close without draining, a slow consumer's, writes nothing more.)
+    fn queue_websocket_close(&mut self) {
+        let (Some(ws), Phase::Draining(draining)) = (&mut self.ws, &self.phase) else {
+            return;
+        };
+        if ws.close_sent {
+            return;
+        }
+        ws.close_sent = true;
+        if let Some(payload) = websocket::close_for(&draining.reason) {
+            let _ = self.handle.send_control(websocket::OP_CLOSE, &payload);
+        }
     }
 
     /// Acts on a close asked for through the handle.
@@ -366,7 +422,19 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             if *poisoned {
                 return;
             }
-            let payload = &frame[framing.payload_of(frame.len())];
+            let sent;
+            let payload = if framing == crate::Framing::WebSocket {
+                // Control frames are the engine's; a client's are masked.
+                match websocket::sent_payload(frame) {
+                    Some(payload) => {
+                        sent = payload;
+                        &sent[..]
+                    }
+                    None => return,
+                }
+            } else {
+                &frame[framing.payload_of(frame.len())]
+            };
             let sent = catch_unwind(AssertUnwindSafe(|| session.on_sent(handle, payload)));
             if let Err(payload) = sent {
                 *poisoned = true;
@@ -385,7 +453,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
             match Pin::new(&mut self.io).poll_read(cx, scratch) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Ok(0)),
                 Poll::Ready(Ok(n)) => {
-                    self.deliver(&scratch[..n]);
+                    self.deliver(&mut scratch[..n]);
                     Poll::Ready(Ok(n))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -396,7 +464,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
 
     /// Cuts `data` (with any partial frame kept from before) into messages
     /// and hands each to `on_received`.
-    fn deliver(&mut self, data: &[u8]) {
+    fn deliver(&mut self, data: &mut [u8]) {
         if self.pending.is_empty() {
             let used = self.deliver_from(data);
             if used < data.len() && matches!(self.phase, Phase::Open) {
@@ -405,7 +473,7 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         } else {
             self.pending.extend_from_slice(data);
             let mut pending = std::mem::take(&mut self.pending);
-            let used = self.deliver_from(&pending);
+            let used = self.deliver_from(&mut pending);
             pending.drain(..used);
             if pending.is_empty() && pending.capacity() > KEEP_PENDING {
                 pending = Vec::new();
@@ -415,10 +483,14 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
     }
 
     /// Delivers the messages at the start of `buf`; returns the bytes used.
-    fn deliver_from(&mut self, buf: &[u8]) -> usize {
+    fn deliver_from(&mut self, buf: &mut [u8]) -> usize {
         if !matches!(self.phase, Phase::Open) {
             return 0;
         }
+        if self.ws.is_some() {
+            return self.deliver_websocket(buf);
+        }
+        let buf = &*buf;
         let (framing, max) = (self.handle.shared.framing, self.handle.shared.max_frame_len);
         let mut used = 0;
         // One guard for the whole loop, which stops at a frame error or once
@@ -446,6 +518,65 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
                 FrameError::TooLarge { len, max } => DisconnectReason::FrameTooLarge { len, max },
                 other => DisconnectReason::BadFrame(other),
             };
+            self.begin_close(reason, true);
+        }
+        used
+    }
+
+    /// Decodes the WebSocket frames at the start of `buf` (unmasking them in
+    /// place), hands each whole message to `on_message`, answers pings and
+    /// the close handshake; returns the bytes used.
+    #[inline(never)]
+    fn deliver_websocket(&mut self, buf: &mut [u8]) -> usize {
+        let Some(mut ws) = self.ws.take() else {
+            return 0;
+        };
+        let mut used = 0;
+        let mut close = None;
+        while matches!(self.phase, Phase::Open) && !self.poisoned {
+            let event = match ws.decoder.decode(&mut buf[used..]) {
+                Ok(None) => break,
+                Ok(Some((n, event))) => {
+                    used += n;
+                    event
+                }
+                Err(websocket::WebSocketError::TooLarge { len, max }) => {
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    close = Some(DisconnectReason::FrameTooLarge { len, max });
+                    break;
+                }
+                Err(e) => {
+                    close = Some(DisconnectReason::WebSocket(e));
+                    break;
+                }
+            };
+            match event {
+                None | Some(WebSocketEvent::Pong(_)) => {}
+                Some(WebSocketEvent::Message(kind, message)) => {
+                    self.guarded(|session, handle| session.on_message(handle, message, kind));
+                    if self.handle.shared.state.load(Ordering::Acquire) != OPEN {
+                        break;
+                    }
+                }
+                Some(WebSocketEvent::Ping(payload)) => {
+                    // Over the cap: the session is closing as a slow consumer.
+                    let _ = self.handle.send_control(websocket::OP_PONG, payload);
+                }
+                Some(WebSocketEvent::Close { code, reason }) => {
+                    close = Some(DisconnectReason::WebSocketClose {
+                        code,
+                        reason: reason.to_owned(),
+                    });
+                    break;
+                }
+            }
+        }
+        ws.decoder.settle();
+        self.ws = Some(ws);
+        // A callback that panicked began the close while the state was out.
+        self.queue_websocket_close();
+        self.check_close_request();
+        if let Some(reason) = close {
             self.begin_close(reason, true);
         }
         used
@@ -544,6 +675,10 @@ impl<S: Session, T: AsyncRead + AsyncWrite + Unpin> Engine<S, T> {
         if !self.started {
             self.started = true;
             self.guarded(|session, handle| session.on_connected(handle));
+            if !self.pending.is_empty() {
+                // Frames that came with the WebSocket upgrade.
+                self.deliver(&mut []);
+            }
         }
         let shared = Arc::clone(&self.handle.shared);
         shared.waker.register(cx.waker());

@@ -8,11 +8,13 @@ use futures::channel::oneshot;
 use std::panic::AssertUnwindSafe;
 
 use crate::config::SessionConfig;
-use crate::connection::{panic_message, run_session_with};
+use crate::connection::{panic_message, run_session_layered};
 use crate::ip_information::IpInformation;
 use crate::rt::{self, Runtime};
 use crate::session::{DisconnectReason, Session, SessionHandle};
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, TlsInfo};
+use crate::websocket::{self, WebSocketClient, WsStart};
+use futures::io::{AsyncRead, AsyncWrite};
 
 /// Opens connections to a server and runs a [`Session`] on each: the seed's
 /// `Connector`, trying every resolved address in turn, each with a timeout.
@@ -44,6 +46,7 @@ pub struct Connector {
     /// `None`: the process's shared runtime, started on the first connect.
     runtime: Option<Runtime>,
     tls: Option<ClientTls>,
+    websocket: Option<WebSocketClient>,
 }
 
 /// One open client connection: its session's handle, and a way to wait for
@@ -64,6 +67,7 @@ impl Connector {
             config,
             runtime: None,
             tls: None,
+            websocket: None,
         })
     }
 
@@ -96,6 +100,7 @@ impl Connector {
             config,
             runtime: Some(runtime),
             tls: None,
+            websocket: None,
         })
     }
 
@@ -126,6 +131,40 @@ impl Connector {
         self
     }
 
+    /// Speaks WebSocket (RFC 6455) on every connection: the HTTP/1.1
+    /// upgrade (within [`SessionConfig::websocket_handshake_timeout`])
+    /// comes before the session starts, after TLS if there is any (`wss`);
+    /// a server that refuses it fails [`connect`](Self::connect) with the
+    /// status it answered. The sessions' framing is
+    /// [`Framing::WebSocket`](crate::Framing::WebSocket) whatever the
+    /// config says; every frame is masked with a fresh key.
+    ///
+    /// ```no_run
+    /// use session_core::{Connector, IpInformation, Session, SessionConfig, SessionHandle, WebSocketClient};
+    ///
+    /// struct Hello;
+    /// impl Session for Hello {
+    ///     fn on_connected(&mut self, handle: &SessionHandle) {
+    ///         let _ = handle.send_text("Hi 0");
+    ///     }
+    ///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+    ///         println!("{}", String::from_utf8_lossy(message));
+    ///         handle.disconnect();
+    ///     }
+    /// }
+    ///
+    /// # async fn client() -> std::io::Result<()> {
+    /// let connector = Connector::new(SessionConfig::default())?.with_websocket(WebSocketClient::new("/"));
+    /// let server = IpInformation::resolve("localhost", 12345).await?;
+    /// let connection = connector.connect(&server, Hello).await?;
+    /// connection.closed().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_websocket(mut self, websocket: WebSocketClient) -> Connector {
+        self.websocket = Some(websocket);
+        self
+    }
+
     /// The config its sessions follow.
     pub fn config(&self) -> &SessionConfig {
         &self.config
@@ -147,6 +186,9 @@ impl Connector {
         target: &IpInformation,
         session: S,
     ) -> io::Result<Connection> {
+        if self.websocket.is_some() {
+            self.config.validated_for_websocket()?;
+        }
         let runtime = match &self.runtime {
             Some(runtime) => runtime.clone(),
             None => Runtime::default_shared()?,
@@ -157,6 +199,7 @@ impl Connector {
             endpoints: target.endpoints().to_vec(),
             config: self.config.clone(),
             tls: self.tls.clone(),
+            websocket: self.websocket.clone(),
         };
         let (opened, open) = oneshot::channel::<io::Result<SessionHandle>>();
         let (done, task) = oneshot::channel();
@@ -177,6 +220,7 @@ struct Attempt {
     endpoints: Vec<SocketAddr>,
     config: SessionConfig,
     tls: Option<ClientTls>,
+    websocket: Option<WebSocketClient>,
 }
 
 impl Attempt {
@@ -205,8 +249,8 @@ impl Attempt {
         };
         self.config.apply_to(socket);
         let Some(tls) = &self.tls else {
-            let run = run_session_with(stream, peer, local, &self.config, session, None);
-            return report(run, opened, done).await;
+            let layers = (peer, local, None);
+            return self.upgrade(stream, layers, session, opened, done).await;
         };
         let handshake = match tls.name_for(&self.host) {
             Ok(name) => crate::tls::connect(stream, tls, name, self.config.tls_limits()).await,
@@ -214,8 +258,8 @@ impl Attempt {
         };
         match handshake {
             Ok((stream, info)) => {
-                let run = run_session_with(stream, peer, local, &self.config, session, Some(info));
-                report(run, opened, done).await;
+                let layers = (peer, local, Some(info));
+                self.upgrade(stream, layers, session, opened, done).await;
             }
             Err(e) => {
                 let _ = opened.send(Err(io::Error::new(
@@ -224,6 +268,58 @@ impl Attempt {
                 )));
             }
         }
+    }
+}
+
+impl Attempt {
+    /// Makes the WebSocket upgrade if asked to, then runs the session.
+    async fn upgrade<S: Session, T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        mut stream: T,
+        (peer, local, tls): (SocketAddr, SocketAddr, Option<TlsInfo>),
+        session: S,
+        opened: oneshot::Sender<io::Result<SessionHandle>>,
+        done: oneshot::Sender<DisconnectReason>,
+    ) {
+        let ws = match &self.websocket {
+            None => None,
+            Some(client) => {
+                let limits = self.config.websocket_limits();
+                let host = match peer.port() {
+                    port if self.host.contains(':') && !self.host.starts_with('[') => {
+                        format!("[{}]:{port}", self.host)
+                    }
+                    port => format!("{}:{port}", self.host),
+                };
+                let upgrade = rt::timeout(
+                    limits.timeout,
+                    websocket::connect(&mut stream, client, &host, limits),
+                )
+                .await;
+                match upgrade {
+                    Some(Ok((info, rest))) => Some(WsStart { info, rest }),
+                    Some(Err(e)) => {
+                        let _ = opened.send(Err(io::Error::new(
+                            e.kind(),
+                            format!("WebSocket upgrade with {} ({peer}): {e}", self.name),
+                        )));
+                        return;
+                    }
+                    None => {
+                        let _ = opened.send(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "WebSocket upgrade with {} ({peer}): no answer within {:?}",
+                                self.name, limits.timeout
+                            ),
+                        )));
+                        return;
+                    }
+                }
+            }
+        };
+        let run = run_session_layered(stream, peer, local, &self.config, session, tls, ws);
+        report(run, opened, done).await;
     }
 }
 

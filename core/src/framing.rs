@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::websocket::{self, MessageKind, WebSocketError};
+
 /// The rule that cuts a byte stream into messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Framing {
@@ -25,6 +27,18 @@ pub enum Framing {
     /// bytes, as the course's `PacketSession` does; `send` writes the header.
     /// A size below 2 is a [`FrameError::BadSize`].
     LengthPrefixed,
+    /// WebSocket frames (RFC 6455): what a session gets after
+    /// [`Listener::with_websocket`](crate::Listener::with_websocket) or
+    /// [`Connector::with_websocket`](crate::Connector::with_websocket)
+    /// made the upgrade; it is not set in a config by hand. Each send is
+    /// one binary message (see
+    /// [`SessionHandle::send_message`](crate::SessionHandle::send_message)
+    /// for text); `encode` and [`Frame`] write a server's frame (unmasked),
+    /// and `decode` reads one whole unfragmented data frame as a client
+    /// sees it (the engine's own decoder,
+    /// [`WebSocketDecoder`](crate::WebSocketDecoder), does the rest of the
+    /// protocol).
+    WebSocket,
 }
 
 impl Framing {
@@ -34,6 +48,8 @@ impl Framing {
             Framing::Raw => 0,
             Framing::Lines => 1,
             Framing::LengthPrefixed => 2,
+            // The longest header, with a masking key.
+            Framing::WebSocket => 14,
         }
     }
 
@@ -58,6 +74,7 @@ impl Framing {
             Framing::Raw => Ok(decode_raw(buf, max_frame_len)),
             Framing::Lines => decode_line(buf, max_frame_len),
             Framing::LengthPrefixed => decode_length_prefixed(buf, max_frame_len),
+            Framing::WebSocket => decode_websocket(buf, max_frame_len),
         }
     }
 
@@ -147,8 +164,15 @@ impl Framing {
                     out.put_slice(one);
                     out.put_slice(b"\n");
                 }
+                Framing::WebSocket => {
+                    websocket::write_header(out, websocket::OP_BINARY, len, None);
+                    out.put_slice(one);
+                }
             }
             return;
+        }
+        if self == Framing::WebSocket {
+            websocket::write_header(out, websocket::OP_BINARY, len, None);
         }
         if self == Framing::LengthPrefixed {
             // In range: `check_parts` allowed at most 65,533 bytes.
@@ -170,6 +194,9 @@ impl Framing {
             Framing::Raw => 0..frame_len,
             Framing::Lines => 0..frame_len.saturating_sub(1),
             Framing::LengthPrefixed => 2.min(frame_len)..frame_len,
+            Framing::WebSocket => {
+                websocket::unmasked_header_len(frame_len).min(frame_len)..frame_len
+            }
         }
     }
 }
@@ -245,6 +272,58 @@ fn decode_length_prefixed(buf: &[u8], max_frame_len: usize) -> Result<Option<Dec
     }))
 }
 
+/// WebSocket, as a client reads a server: one whole, unmasked, unfragmented
+/// text or binary frame.
+fn decode_websocket(buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>, FrameError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    let error = |e| Err(FrameError::WebSocket(e));
+    if b0 & 0x70 != 0 {
+        return error(WebSocketError::ReservedBits((b0 >> 4) & 7));
+    }
+    if b1 & 0x80 != 0 {
+        return error(WebSocketError::MaskedServerFrame);
+    }
+    match b0 & 0x0F {
+        websocket::OP_TEXT | websocket::OP_BINARY if b0 & 0x80 != 0 => {}
+        websocket::OP_TEXT | websocket::OP_BINARY => {
+            return error(WebSocketError::UnfinishedMessage);
+        }
+        websocket::OP_CONTINUATION => return error(WebSocketError::UnexpectedContinuation),
+        op => return error(WebSocketError::UnknownOpcode(op)),
+    }
+    let (len, header) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut be = [0; 8];
+                be.copy_from_slice(b);
+                (u64::from_be_bytes(be), 10)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    if len > max_frame_len as u64 {
+        return Err(FrameError::TooLarge {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max: max_frame_len,
+        });
+    }
+    let end = header + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some(Decoded {
+        payload: header..end,
+        consumed: end,
+    }))
+}
+
 /// The bytes of a message made of `parts`.
 #[inline]
 pub(crate) fn payload_len(parts: &[&[u8]]) -> usize {
@@ -283,6 +362,40 @@ impl Frame {
         Ok(Frame {
             bytes: out.freeze(),
             framing,
+        })
+    }
+
+    /// A WebSocket message of `kind` framed once as a server sends it, for
+    /// many WebSocket sessions (a client session masks a copy of it). A
+    /// text payload must be UTF-8.
+    ///
+    /// ```
+    /// use session_core::{Frame, MessageKind};
+    ///
+    /// let frame = Frame::websocket(MessageKind::Text, "tick".as_bytes(), 1024).unwrap();
+    /// assert_eq!(frame.payload(), b"tick");
+    /// assert_eq!(frame.wire_len(), 6);
+    /// ```
+    pub fn websocket(
+        kind: MessageKind,
+        payload: &[u8],
+        max_frame_len: usize,
+    ) -> Result<Frame, FrameError> {
+        if payload.len() > max_frame_len {
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: max_frame_len,
+            });
+        }
+        if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+            return Err(FrameError::WebSocket(WebSocketError::InvalidUtf8));
+        }
+        let len = payload.len();
+        let mut out = Vec::with_capacity(len + websocket::header_len(len, false));
+        websocket::write_frame(&mut out, kind.opcode(), &[payload], len, None);
+        Ok(Frame {
+            bytes: Bytes::from(out),
+            framing: Framing::WebSocket,
         })
     }
 
@@ -333,6 +446,9 @@ pub enum FrameError {
     /// A message sent under [`Framing::Lines`] holds a newline, which would
     /// split it in two on the wire.
     NewlineInLine,
+    /// Bytes that break the WebSocket protocol, or a text message that is
+    /// not UTF-8.
+    WebSocket(WebSocketError),
     /// A [`Frame`] made for one framing was sent to a session that uses
     /// another.
     WrongFraming {
@@ -359,6 +475,7 @@ impl fmt::Display for FrameError {
                 )
             }
             FrameError::NewlineInLine => write!(f, "a line-framed message cannot hold a newline"),
+            FrameError::WebSocket(e) => write!(f, "WebSocket: {e}"),
             FrameError::WrongFraming { frame, session } => {
                 write!(
                     f,
@@ -390,6 +507,7 @@ impl fmt::Display for Framing {
             Framing::Raw => "raw",
             Framing::Lines => "lines",
             Framing::LengthPrefixed => "length-prefixed",
+            Framing::WebSocket => "websocket",
         })
     }
 }

@@ -60,6 +60,7 @@
 //! | `registry`, `job_queue` | many sessions: the live set and broadcast, a room's jobs in order |
 //! | `proxy_protocol` | the PROXY v1/v2 header a balancer sends first |
 //! | `tls` | TLS with rustls: a stream layer between the socket and the framing, the handshake before the session starts |
+//! | `websocket` | WebSocket (RFC 6455): the HTTP/1.1 upgrade before the session starts, then a framing the engine decodes ([`Listener::with_websocket`], [`Connector::with_websocket`]) |
 //! | `rt` | the only module that names the runtime: the worker threads (an executor and a poller each), timers, sockets |
 #![warn(missing_docs)]
 
@@ -79,6 +80,7 @@ mod shutdown;
 #[cfg(test)]
 mod test_pipe;
 mod tls;
+mod websocket;
 
 pub use bytes;
 pub use config::SessionConfig;
@@ -94,6 +96,10 @@ pub use rustls;
 pub use session::{DisconnectReason, SendError, Session, SessionHandle, SessionId};
 pub use shutdown::ShutdownHandle;
 pub use tls::{ClientTls, ServerTls, TlsInfo};
+pub use websocket::{
+    MessageKind, WebSocketClient, WebSocketDecoder, WebSocketError, WebSocketEvent, WebSocketInfo,
+    WebSocketServer,
+};
 
 /// Sets how many worker threads the process's shared [`Runtime`] starts
 /// with; the default is one per core this process may use.

@@ -12,12 +12,12 @@ use std::time::Duration;
 use futures::future::{Either, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, Stream, StreamExt};
 
 use crate::rt::Runtime;
 
 use crate::config::SessionConfig;
-use crate::connection::{panic_message, run_session_with};
+use crate::connection::{panic_message, run_session_layered};
 use crate::ip_information::IpInformation;
 use crate::proxy_protocol::{self, ProxyError, ProxyHeader};
 use crate::registry::Registry;
@@ -25,6 +25,7 @@ use crate::rt;
 use crate::session::{Session, SessionHandle, SessionId};
 use crate::shutdown::ShutdownHandle;
 use crate::tls::{ServerTls, TlsInfo};
+use crate::websocket::{self, WebSocketServer, WsStart};
 
 /// The first pause after an accept error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -65,6 +66,7 @@ pub struct Listener {
     shared: Arc<ListenerShared>,
     runtime: Runtime,
     tls: Option<ServerTls>,
+    websocket: Option<Arc<WebSocketServer>>,
 }
 
 /// Counters of one listener, read with [`Listener::stats`].
@@ -83,6 +85,10 @@ pub struct ListenerStats {
     /// Connections closed because their TLS handshake failed or was late
     /// (with [`Listener::with_tls`]); each is logged with the reason.
     pub tls_rejected: u64,
+    /// Connections closed because their WebSocket upgrade was refused
+    /// (answered with an HTTP 4xx), malformed, too large or late (with
+    /// [`Listener::with_websocket`]); each is logged with the reason.
+    pub websocket_rejected: u64,
     /// Sessions open now.
     pub active: usize,
 }
@@ -94,6 +100,7 @@ struct ListenerShared {
     accept_errors: AtomicU64,
     proxy_rejected: AtomicU64,
     tls_rejected: AtomicU64,
+    websocket_rejected: AtomicU64,
     active: AtomicUsize,
     sessions: Registry,
     /// Woken when the last session ends.
@@ -208,6 +215,7 @@ impl Listener {
             shared: Arc::default(),
             runtime: runtime.clone(),
             tls: None,
+            websocket: None,
         })
     }
 
@@ -237,6 +245,43 @@ impl Listener {
     /// ```
     pub fn with_tls(mut self, tls: ServerTls) -> Listener {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Serves WebSocket (RFC 6455) on every connection: the HTTP/1.1
+    /// upgrade (within [`SessionConfig::websocket_handshake_timeout`] and
+    /// the header limits) comes before the session starts, after the PROXY
+    /// header and TLS if there are any (TLS makes it `wss`). A request that
+    /// is not an upgrade, or that `websocket` refuses (path, origin), is
+    /// answered with an HTTP 4xx and closed, counted in
+    /// [`ListenerStats::websocket_rejected`] and never a session.
+    ///
+    /// The sessions' framing is [`Framing::WebSocket`](crate::Framing::WebSocket)
+    /// whatever the config says: each message is one
+    /// [`Session::on_message`] (by default `on_received`), and `send` sends
+    /// binary messages ([`SessionHandle::send_text`] sends text).
+    ///
+    /// ```no_run
+    /// use session_core::{IpInformation, Listener, MessageKind, Session, SessionConfig, SessionHandle, WebSocketServer};
+    ///
+    /// struct Echo;
+    /// impl Session for Echo {
+    ///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+    ///         let _ = handle.send(message);
+    ///     }
+    ///     fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
+    ///         let _ = handle.send_message(kind, &[message]);
+    ///     }
+    /// }
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let ip = IpInformation::resolve("127.0.0.1", 12345).await?;
+    /// let ws = WebSocketServer::new().path("/");
+    /// Listener::bind(&ip, SessionConfig::default()).await?.with_websocket(ws).run(|| Echo).await
+    /// # }
+    /// ```
+    pub fn with_websocket(mut self, websocket: WebSocketServer) -> Listener {
+        self.websocket = Some(Arc::new(websocket));
         self
     }
 
@@ -300,7 +345,12 @@ impl Listener {
             shared,
             runtime,
             tls,
+            websocket,
         } = self;
+        if websocket.is_some() {
+            // The frames' header takes more room than the config's framing.
+            config.validated_for_websocket()?;
+        }
         // One accept loop per worker with `reuse_port`, each on a socket of
         // its own and keeping its sessions; else one, on one worker, that
         // hands sessions to the workers in turn.
@@ -323,6 +373,7 @@ impl Listener {
                 shared: Arc::clone(&shared),
                 shutdown: shutdown.clone(),
                 tls: tls.clone(),
+                websocket: websocket.clone(),
                 spawn: if config.reuse_port {
                     Spawn::Here(runtime.clone())
                 } else {
@@ -347,6 +398,7 @@ struct AcceptContext {
     shared: Arc<ListenerShared>,
     shutdown: ShutdownHandle,
     tls: Option<ServerTls>,
+    websocket: Option<Arc<WebSocketServer>>,
     /// Where a new session's task goes.
     spawn: Spawn,
 }
@@ -455,6 +507,7 @@ impl ListenerStatsHandle {
             accept_errors: self.0.accept_errors.load(Ordering::Relaxed),
             proxy_rejected: self.0.proxy_rejected.load(Ordering::Relaxed),
             tls_rejected: self.0.tls_rejected.load(Ordering::Relaxed),
+            websocket_rejected: self.0.websocket_rejected.load(Ordering::Relaxed),
             active: self.0.active.load(Ordering::Acquire),
         }
     }
@@ -518,8 +571,8 @@ where
         shared: Arc::clone(shared),
         id: None,
     };
-    if !config.proxy_protocol && context.tls.is_none() {
-        let (_, engine) = start(stream, peer, local, config, active, session, None);
+    if !config.proxy_protocol && context.tls.is_none() && context.websocket.is_none() {
+        let (_, engine) = start(stream, peer, local, config, active, session, None, None);
         context.spawn.spawn(engine);
         return;
     }
@@ -528,6 +581,7 @@ where
         local,
         config: config.clone(),
         tls: context.tls.clone(),
+        websocket: context.websocket.clone(),
         shutdown: context.shutdown.clone(),
         active,
     };
@@ -535,21 +589,23 @@ where
 }
 
 /// What comes before a session on a connection that has a PROXY header to
-/// read or a TLS handshake to make.
+/// read, a TLS handshake or a WebSocket upgrade to make.
 struct Prelude {
     peer: SocketAddr,
     local: SocketAddr,
     config: SessionConfig,
     tls: Option<ServerTls>,
+    websocket: Option<Arc<WebSocketServer>>,
     shutdown: ShutdownHandle,
     active: Active,
 }
 
 impl Prelude {
     /// Reads the PROXY header within its deadline, then makes the TLS
-    /// handshake within its own, then runs the session (with the client
-    /// the header names as its peer). A connection that fails either is
-    /// counted and closed, never a session.
+    /// handshake within its own, then the WebSocket upgrade within its
+    /// own, then runs the session (with the client the header names as its
+    /// peer). A connection that fails any is counted and closed, never a
+    /// session.
     async fn serve<S: Session>(self, mut stream: rt::TcpStream, session: S) {
         let mut peer = self.peer;
         if self.config.proxy_protocol {
@@ -585,14 +641,60 @@ impl Prelude {
         }
     }
 
-    async fn run<S, T>(self, stream: T, peer: SocketAddr, session: S, tls: Option<TlsInfo>)
+    async fn run<S, T>(self, mut stream: T, peer: SocketAddr, session: S, tls: Option<TlsInfo>)
     where
         S: Session,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let shared = Arc::clone(&self.active.shared);
         let config = &self.config;
-        let (id, engine) = start(stream, peer, self.local, config, self.active, session, tls);
+        let ws = match &self.websocket {
+            None => None,
+            Some(server) => {
+                let limits = config.websocket_limits();
+                let upgrade = rt::timeout(
+                    limits.timeout,
+                    websocket::accept(&mut stream, server, limits),
+                );
+                // A shutdown does not wait for an upgrade that is late.
+                let stop = poll_fn(|cx| self.shutdown.poll_requested(cx));
+                let upgrade = match select(Box::pin(upgrade), Box::pin(stop)).await {
+                    Either::Left((upgrade, _)) => upgrade,
+                    Either::Right(_) => Some(Err(websocket::Refused {
+                        status: None,
+                        reason: "shutting down".into(),
+                    })),
+                };
+                let refused = match upgrade {
+                    Some(Ok((info, rest))) => Ok(WsStart { info, rest }),
+                    Some(Err(refused)) => Err(refused.to_string()),
+                    None => Err(format!("no upgrade within {:?}", limits.timeout)),
+                };
+                match refused {
+                    Ok(start) => Some(start),
+                    Err(reason) => {
+                        log::info!("WebSocket upgrade from {peer} refused: {reason}");
+                        // Closed within its own short deadline: a peer that
+                        // does not read cannot hold the task.
+                        let _ = rt::timeout(Duration::from_secs(1), stream.close()).await;
+                        drop(stream);
+                        drop(self);
+                        shared.websocket_rejected.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        };
+        let (id, engine) = start(
+            stream,
+            peer,
+            self.local,
+            config,
+            self.active,
+            session,
+            tls,
+            ws,
+        );
         // A shutdown that began during the prelude still reaches this
         // session: `close_all` may have taken its list before the session
         // was in it.
@@ -627,6 +729,7 @@ impl Drop for Active {
 
 /// Registers a session; returns its id and the future that runs it and then
 /// takes it out of the registry.
+#[allow(clippy::too_many_arguments)]
 fn start<S, T>(
     stream: T,
     peer: SocketAddr,
@@ -635,12 +738,13 @@ fn start<S, T>(
     mut active: Active,
     session: S,
     tls: Option<TlsInfo>,
+    ws: Option<WsStart>,
 ) -> (SessionId, impl Future<Output = ()> + Send + 'static)
 where
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (handle, engine) = run_session_with(stream, peer, local, config, session, tls);
+    let (handle, engine) = run_session_layered(stream, peer, local, config, session, tls, ws);
     let id = handle.id();
     active.shared.accepted.fetch_add(1, Ordering::Relaxed);
     active.shared.sessions.insert(handle);

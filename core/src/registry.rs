@@ -150,7 +150,7 @@ mod tests {
             max_frame_len: 16,
             ..SessionConfig::default()
         };
-        SessionHandle::new(addr, addr, &config, false, None)
+        SessionHandle::new(addr, addr, &config, false, None, None)
     }
 
     #[test]
@@ -159,7 +159,7 @@ mod tests {
         let config = SessionConfig::default();
         let room = Registry::new();
         let members: Vec<_> = (0..3)
-            .map(|_| SessionHandle::new(addr, addr, &config, false, None))
+            .map(|_| SessionHandle::new(addr, addr, &config, false, None, None))
             .collect();
         for h in &members {
             room.insert(h.clone());

@@ -130,6 +130,20 @@ impl SendQueue {
         framing.write_parts(parts, payload, tail);
     }
 
+    /// Appends one WebSocket frame of `opcode` holding `parts` (`payload`
+    /// bytes; `len` on the wire), masked with `mask` if given.
+    pub(crate) fn push_websocket(
+        &mut self,
+        opcode: u8,
+        parts: &[&[u8]],
+        payload: usize,
+        len: usize,
+        mask: Option<[u8; 4]>,
+    ) {
+        let tail = self.own_tail(len);
+        crate::websocket::write_frame(tail, opcode, parts, payload, mask);
+    }
+
     /// Room for `len` more bytes at the end of an own segment.
     fn own_tail(&mut self, len: usize) -> &mut Vec<u8> {
         let fits = match self.segments.back() {
@@ -535,6 +549,7 @@ mod tests {
                     queue.push_shared(Bytes::from(p.clone()));
                     queue.push_shared(Bytes::from_static(b"\n"));
                 }
+                Framing::WebSocket => unreachable!("the tests draw plain framings"),
             },
         }
         queue.frame_lens.push_back(len as u32);

@@ -17,6 +17,7 @@ use crate::config::SessionConfig;
 use crate::framing::{Frame, FrameError, Framing};
 use crate::send_queue::{Outbox, SendQueue};
 use crate::tls::TlsInfo;
+use crate::websocket::{self, MessageKind, WebSocketError, WebSocketInfo};
 
 /// What happens on one connection: the four events of the original C#
 /// `Session` class.
@@ -58,6 +59,31 @@ pub trait Session: Send + 'static {
     /// One message arrived, framed as the session's [`Framing`] says. The
     /// slice is only valid during the call.
     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]);
+
+    /// One WebSocket message arrived whole (fragments joined), text or
+    /// binary; a text message is valid UTF-8. The default calls
+    /// [`on_received`](Self::on_received), so a session written for TCP
+    /// serves WebSocket peers as it is; override it to tell the kinds
+    /// apart. Only WebSocket sessions get it.
+    ///
+    /// ```
+    /// use session_core::{MessageKind, Session, SessionHandle};
+    ///
+    /// struct Echo;
+    /// impl Session for Echo {
+    ///     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
+    ///         let _ = handle.send(message);
+    ///     }
+    ///     fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
+    ///         // Answer in the kind it came in.
+    ///         let _ = handle.send_message(kind, &[message]);
+    ///     }
+    /// }
+    /// ```
+    fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
+        let _ = kind;
+        self.on_received(handle, message);
+    }
 
     /// One message given to [`SessionHandle::send`] was written whole to the
     /// socket (the payload, without framing). Not called if
@@ -136,6 +162,33 @@ pub enum DisconnectReason {
     /// closed without `close_notify`, so what it sent last may be cut
     /// short.
     Truncated,
+    /// The WebSocket peer sent a close frame (this side answered it).
+    WebSocketClose {
+        /// The peer's close code (1000 is a normal close, 1001 going away,
+        /// 1009 a message too large, ...), if it gave one.
+        code: Option<u16>,
+        /// The peer's reason, if it gave one.
+        reason: String,
+    },
+    /// The WebSocket peer broke the protocol; this side sent the close
+    /// code the error names ([`WebSocketError::close_code`]). A message
+    /// over the maximum is [`FrameTooLarge`](Self::FrameTooLarge) (1009).
+    WebSocket(WebSocketError),
+}
+
+impl DisconnectReason {
+    /// The close code a WebSocket session sends when it ends for this
+    /// reason: 1000 for a local close, 1001 for shutdown or idle, 1002 for
+    /// a protocol error, 1007 for invalid UTF-8, 1009 for a message too
+    /// large, 1011 for a panic, the peer's own code to answer its close;
+    /// `None` when no close frame is sent (the peer closed the connection,
+    /// an I/O error, a slow consumer).
+    pub fn websocket_close_code(&self) -> Option<u16> {
+        websocket::close_for(self).and_then(|payload| match payload[..] {
+            [a, b, ..] => Some(u16::from_be_bytes([a, b])),
+            _ => None,
+        })
+    }
 }
 
 impl fmt::Display for DisconnectReason {
@@ -156,6 +209,26 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::Truncated => {
                 f.write_str("closed by peer without TLS close_notify (truncated)")
+            }
+            DisconnectReason::WebSocketClose { code: None, .. } => {
+                f.write_str("closed by WebSocket peer (no close code)")
+            }
+            DisconnectReason::WebSocketClose {
+                code: Some(code),
+                reason,
+            } => {
+                write!(f, "closed by WebSocket peer with code {code}")?;
+                if !reason.is_empty() {
+                    write!(f, ": {}", reason.escape_debug())?;
+                }
+                Ok(())
+            }
+            DisconnectReason::WebSocket(e) => {
+                write!(
+                    f,
+                    "WebSocket protocol error (close code {}): {e}",
+                    e.close_code()
+                )
             }
         }
     }
@@ -213,6 +286,12 @@ impl fmt::Debug for SessionHandle {
 /// than a reference (a count, a segment) in time and memory.
 const SHARE_FROM: usize = 512;
 
+/// What a session's layers settled.
+pub(crate) struct Layers {
+    tls: Option<TlsInfo>,
+    websocket: Option<WebSocketInfo>,
+}
+
 /// A close requested from outside the engine, or decided by it.
 pub(crate) const OPEN: u8 = 0;
 pub(crate) const CLOSE_LOCAL: u8 = 1;
@@ -234,8 +313,9 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     /// The session wants `on_sent`: every frame's length is kept.
     pub(crate) track_lens: bool,
-    /// What the TLS handshake settled, for a TLS session.
-    pub(crate) tls: Option<Box<TlsInfo>>,
+    /// What the TLS handshake and the WebSocket upgrade settled, for a
+    /// session that has either: one box, so a plain session pays one word.
+    pub(crate) layers: Option<Box<Layers>>,
     /// Frames sent and not yet taken by the engine, and who waits.
     pub(crate) outbox: Mutex<Outbox>,
     /// The outbox holds frames: readable without the lock, so that the
@@ -341,20 +421,26 @@ impl SessionHandle {
         config: &SessionConfig,
         track_lens: bool,
         tls: Option<TlsInfo>,
+        websocket: Option<WebSocketInfo>,
     ) -> SessionHandle {
         SessionHandle {
             shared: Arc::new(Shared {
                 id: SessionId::next(),
                 peer,
                 local,
-                framing: config.framing,
+                framing: if websocket.is_some() {
+                    Framing::WebSocket
+                } else {
+                    config.framing
+                },
                 max_frame_len: config.max_frame_len,
                 max_send_queue: config.max_send_queue,
                 high_watermark: config.send_high_watermark,
                 low_watermark: config.send_low_watermark,
                 drain_timeout: config.drain_timeout,
                 track_lens,
-                tls: tls.map(Box::new),
+                layers: (tls.is_some() || websocket.is_some())
+                    .then(|| Box::new(Layers { tls, websocket })),
                 outbox: Mutex::new(Outbox::default()),
                 has_outbox: AtomicBool::new(false),
                 has_waiters: AtomicBool::new(false),
@@ -386,7 +472,13 @@ impl SessionHandle {
     /// What the TLS handshake settled (protocol, ALPN, the peer's
     /// certificates), for a session over TLS.
     pub fn tls(&self) -> Option<&TlsInfo> {
-        self.shared.tls.as_deref()
+        self.shared.layers.as_ref()?.tls.as_ref()
+    }
+
+    /// What the WebSocket upgrade settled (path, subprotocol, origin), for
+    /// a WebSocket session.
+    pub fn websocket(&self) -> Option<&WebSocketInfo> {
+        self.shared.layers.as_ref()?.websocket.as_ref()
     }
 
     /// The framing messages are cut and sent with.
@@ -445,6 +537,9 @@ impl SessionHandle {
         let shared = &*self.shared;
         self.check_open()?;
         let framing = shared.framing;
+        if framing == Framing::WebSocket {
+            return self.send_websocket(websocket::OP_BINARY, parts);
+        }
         let payload = framing
             .check_parts(parts, shared.max_frame_len)
             .map_err(SendError::Frame)?;
@@ -476,6 +571,10 @@ impl SessionHandle {
         let shared = &*self.shared;
         self.check_open()?;
         let framing = shared.framing;
+        if framing == Framing::WebSocket && self.is_websocket_client() {
+            // A client masks every frame with a key of its own: a copy.
+            return self.send_websocket(websocket::OP_BINARY, &[&payload]);
+        }
         let len = framing
             .check_parts(&[&payload], shared.max_frame_len)
             .map_err(SendError::Frame)?
@@ -490,6 +589,14 @@ impl SessionHandle {
             Framing::Lines => {
                 queue.push_shared(payload);
                 queue.push_shared(Bytes::from_static(b"\n"));
+            }
+            Framing::WebSocket => {
+                let mut header = [0u8; 10];
+                let mut room = &mut header[..];
+                websocket::write_header(&mut room, websocket::OP_BINARY, payload.len(), None);
+                let used = 10 - room.len();
+                queue.push_own(&header[..used]);
+                queue.push_shared(payload);
             }
         })
     }
@@ -517,10 +624,104 @@ impl SessionHandle {
             }));
         }
         let bytes = frame.bytes();
+        if shared.framing == Framing::WebSocket && self.is_websocket_client() {
+            // Made unmasked, for servers: a client masks a copy.
+            return self.send_websocket(bytes[0] & 0x0F, &[frame.payload()]);
+        }
         if bytes.len() < SHARE_FROM {
             return self.enqueue(bytes.len(), |queue| queue.push_own(bytes));
         }
         self.enqueue(bytes.len(), |queue| queue.push_shared(bytes.clone()))
+    }
+
+    /// Queues one message of `kind` made of `parts` laid end to end: on a
+    /// WebSocket session, a text or binary message (text must be UTF-8,
+    /// else [`FrameError::WebSocket`]); on any other session the kind is
+    /// ignored and the message is framed as [`send_parts`](Self::send_parts)
+    /// does. [`send`](Self::send), `send_parts` and
+    /// [`send_bytes`](Self::send_bytes) send binary messages.
+    ///
+    /// ```
+    /// use session_core::{MessageKind, SessionHandle};
+    ///
+    /// fn greet(handle: &SessionHandle) {
+    ///     let _ = handle.send_message(MessageKind::Text, &[b"Hi ", b"there"]);
+    /// }
+    /// ```
+    pub fn send_message(&self, kind: MessageKind, parts: &[&[u8]]) -> Result<(), SendError> {
+        if self.shared.framing != Framing::WebSocket {
+            return self.send_parts(parts);
+        }
+        self.check_open()?;
+        if kind == MessageKind::Text {
+            // Valid parts make a valid whole; a character split across
+            // parts needs the whole to be looked at.
+            let valid = parts.iter().all(|p| std::str::from_utf8(p).is_ok())
+                || (parts.len() > 1 && std::str::from_utf8(&parts.concat()).is_ok());
+            if !valid {
+                return Err(SendError::Frame(FrameError::WebSocket(
+                    WebSocketError::InvalidUtf8,
+                )));
+            }
+        }
+        self.send_websocket(kind.opcode(), parts)
+    }
+
+    /// Queues `text` as one WebSocket text message (on another session,
+    /// as [`send`](Self::send) does).
+    ///
+    /// ```
+    /// use session_core::SessionHandle;
+    ///
+    /// fn hello(handle: &SessionHandle) {
+    ///     let _ = handle.send_text("hello");
+    /// }
+    /// ```
+    pub fn send_text(&self, text: &str) -> Result<(), SendError> {
+        if self.shared.framing != Framing::WebSocket {
+            return self.send(text.as_bytes());
+        }
+        self.check_open()?;
+        self.send_websocket(websocket::OP_TEXT, &[text.as_bytes()])
+    }
+
+    fn is_websocket_client(&self) -> bool {
+        self.websocket().is_some_and(WebSocketInfo::is_client)
+    }
+
+    /// Queues one WebSocket frame of `opcode` (open checked by the caller):
+    /// unmasked from a server, masked with a fresh key from a client.
+    fn send_websocket(&self, opcode: u8, parts: &[&[u8]]) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        let len = crate::framing::payload_len(parts);
+        if len > shared.max_frame_len {
+            return Err(SendError::Frame(FrameError::TooLarge {
+                len,
+                max: shared.max_frame_len,
+            }));
+        }
+        let mask = self.is_websocket_client().then(websocket::mask_key);
+        let wire = websocket::header_len(len, mask.is_some()) + len;
+        self.enqueue(wire, |queue| {
+            queue.push_websocket(opcode, parts, len, wire, mask)
+        })
+    }
+
+    /// Queues a control frame from the engine (a pong, a close), whatever
+    /// the session's state. A pong counts against the cap as any send; a
+    /// close frame (one per session, at most 127 bytes) does not, so that
+    /// it goes out even from a full queue.
+    pub(crate) fn send_control(&self, opcode: u8, payload: &[u8]) -> Result<(), SendError> {
+        let mask = self.is_websocket_client().then(websocket::mask_key);
+        let len = payload.len();
+        let wire = websocket::header_len(len, mask.is_some()) + len;
+        let push =
+            |queue: &mut SendQueue| queue.push_websocket(opcode, &[payload], len, wire, mask);
+        if opcode == websocket::OP_CLOSE {
+            self.enqueue_with(wire, false, push)
+        } else {
+            self.enqueue_with(wire, true, push)
+        }
     }
 
     /// Queues `message` as [`send`](Self::send) does, but first waits while
@@ -610,6 +811,17 @@ impl SessionHandle {
     /// be asleep.
     #[inline]
     fn enqueue(&self, len: usize, push: impl FnOnce(&mut SendQueue)) -> Result<(), SendError> {
+        self.enqueue_with(len, true, push)
+    }
+
+    /// [`enqueue`](Self::enqueue), held to the cap if `capped`.
+    #[inline]
+    fn enqueue_with(
+        &self,
+        len: usize,
+        capped: bool,
+        push: impl FnOnce(&mut SendQueue),
+    ) -> Result<(), SendError> {
         let shared = &*self.shared;
         if len == 0 {
             // A raw message with no bytes has nothing to write; queued, it
@@ -623,7 +835,7 @@ impl SessionHandle {
             }
             let enqueued = shared.enqueued.load(Ordering::Relaxed);
             let queued = enqueued.wrapping_sub(shared.dequeued.load(Ordering::Acquire));
-            if queued + len > shared.max_send_queue {
+            if capped && queued + len > shared.max_send_queue {
                 drop(outbox);
                 return Err(self.close_slow());
             }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_std::task::{self, JoinHandle};
 use session_core::{
     DisconnectReason, IpInformation, Listener, ListenerStatsHandle, ServerTls, Session,
-    SessionConfig, SessionHandle, SessionId, ShutdownHandle,
+    SessionConfig, SessionHandle, SessionId, ShutdownHandle, WebSocketServer,
 };
 
 /// How long any single wait in a test may take before the test fails.
@@ -364,7 +364,7 @@ where
     S: Session,
     F: FnMut() -> S + Clone + Send + 'static,
 {
-    start_listener(addr, config, None, factory)
+    start_listener(addr, config, None, None, factory)
 }
 
 /// Runs a TLS listener on `127.0.0.1:0` in a spawned task.
@@ -373,7 +373,30 @@ where
     S: Session,
     F: FnMut() -> S + Clone + Send + 'static,
 {
-    start_listener("127.0.0.1:0".parse().unwrap(), config, Some(tls), factory)
+    start_listener(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        Some(tls),
+        None,
+        factory,
+    )
+    .expect("bind a listener on 127.0.0.1:0")
+}
+
+/// Runs a WebSocket listener (over TLS with `tls`: `wss`) on
+/// `127.0.0.1:0` in a spawned task.
+pub fn start_websocket_server<S, F>(
+    config: SessionConfig,
+    websocket: WebSocketServer,
+    tls: Option<ServerTls>,
+    factory: F,
+) -> Server
+where
+    S: Session,
+    F: FnMut() -> S + Clone + Send + 'static,
+{
+    let addr = "127.0.0.1:0".parse().unwrap();
+    start_listener(addr, config, tls, Some(websocket), factory)
         .expect("bind a listener on 127.0.0.1:0")
 }
 
@@ -381,6 +404,7 @@ fn start_listener<S, F>(
     addr: SocketAddr,
     config: SessionConfig,
     tls: Option<ServerTls>,
+    websocket: Option<WebSocketServer>,
     factory: F,
 ) -> io::Result<Server>
 where
@@ -390,6 +414,9 @@ where
     let mut listener = task::block_on(Listener::bind(&IpInformation::from(addr), config))?;
     if let Some(tls) = tls {
         listener = listener.with_tls(tls);
+    }
+    if let Some(websocket) = websocket {
+        listener = listener.with_websocket(websocket);
     }
     let addr = listener.local_addr();
     let shutdown = listener.shutdown_handle();

@@ -699,3 +699,82 @@ fn commands_who_nick_conflicts_unknown_and_quit() {
     let _carl = Client::named(server.addr, "carl");
     assert!(server.wait(READ_TIMEOUT, |s| s.members.load(Ordering::Relaxed) == 2));
 }
+
+/// Records every WebSocket message a chat member gets, with its kind.
+struct WsMember(std::sync::mpsc::Sender<(session_core::MessageKind, String)>);
+
+impl session_core::Session for WsMember {
+    fn on_received(&mut self, _: &session_core::SessionHandle, _: &[u8]) {}
+
+    fn on_message(
+        &mut self,
+        _: &session_core::SessionHandle,
+        message: &[u8],
+        kind: session_core::MessageKind,
+    ) {
+        let _ = self
+            .0
+            .send((kind, String::from_utf8_lossy(message).into_owned()));
+    }
+}
+
+#[test]
+fn a_websocket_member_and_a_line_member_share_a_room() {
+    let _serial = serial();
+    let (addr, ws_addr, stop, task) = task::block_on(async {
+        let ip = IpInformation::resolve("127.0.0.1", 0).await?;
+        let lines = Listener::bind(&ip, lines_config()).await?;
+        let websockets = Listener::bind(&ip, lines_config())
+            .await?
+            .with_websocket(session_core::WebSocketServer::new());
+        let (addr, ws_addr) = (lines.local_addr(), websockets.local_addr());
+        let stop = [lines.shutdown_handle(), websockets.shutdown_handle()];
+        let chat = Chat::new();
+        let task = task::spawn(async move {
+            futures::try_join!(chat.clone().run(lines), chat.run(websockets)).map(|_| ())
+        });
+        io::Result::Ok((addr, ws_addr, stop, task))
+    })
+    .expect("bind the chat's two listeners");
+    let mut alice = Client::named(addr, "alice");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let connector = session_core::Connector::new(SessionConfig::default())
+        .unwrap()
+        .with_websocket(session_core::WebSocketClient::new("/"));
+    let browser = task::block_on(connector.connect(&IpInformation::from(ws_addr), WsMember(tx)))
+        .expect("a WebSocket member connects");
+    let next = || {
+        let (kind, text) = rx
+            .recv_timeout(READ_TIMEOUT)
+            .expect("a message to the browser");
+        assert_eq!(kind, session_core::MessageKind::Text, "{text}");
+        text
+    };
+    let welcome = next();
+    let guest = welcome
+        .strip_prefix("* welcome, you are ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected welcome {welcome:?}"))
+        .to_owned();
+    alice.expect(&format!("* {guest} joined lobby"));
+    browser.handle().send_text("/nick bob").unwrap();
+    alice.expect(&format!("* {guest} is now bob"));
+    browser
+        .handle()
+        .send_text("hello from the browser")
+        .unwrap();
+    alice.expect("bob: hello from the browser");
+    alice.send("hi bob");
+    assert!(
+        (0..100).any(|_| next() == "alice: hi bob"),
+        "the browser never got alice's line"
+    );
+    browser.handle().disconnect();
+    task::block_on(browser.closed());
+    alice.expect("* bob left lobby");
+    for stop in stop {
+        stop.shutdown();
+    }
+    let ended = task::block_on(async_std::future::timeout(Duration::from_secs(10), task));
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}

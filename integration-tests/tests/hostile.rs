@@ -60,6 +60,7 @@ fn assert_served(addr: SocketAddr, framing: Framing) {
             write_all(&mut client, &lp(b"ping"));
             assert_eq!(read_lp(&mut client), b"ping");
         }
+        Framing::WebSocket => unreachable!("WebSocket has tests of its own"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The seed's `ClientSession`: the server-side session that answers every
 //! message with the message and a suffix.
 
-use session_core::{DisconnectReason, Framing, SendError, Session, SessionHandle};
+use session_core::{DisconnectReason, Framing, MessageKind, SendError, Session, SessionHandle};
 
 use crate::output::{printable, say, timestamp};
 use crate::tls;
@@ -25,6 +25,28 @@ impl EchoSession {
     }
 }
 
+impl EchoSession {
+    fn print_received(&self, message: &[u8]) {
+        if !self.quiet {
+            say!(
+                "{} From client - Len : {}, String : {}",
+                timestamp(),
+                message.len(),
+                printable(message)
+            );
+        }
+    }
+}
+
+/// Says why a reply was not sent, unless the session is closing (its
+/// disconnect line says why).
+fn report(handle: &SessionHandle, sent: Result<(), SendError>) {
+    match sent {
+        Ok(()) | Err(SendError::Closed) => {}
+        Err(e) => eprintln!("reply to {} not sent: {e}", handle.peer_addr()),
+    }
+}
+
 impl Session for EchoSession {
     fn on_connected(&mut self, handle: &SessionHandle) {
         say!("Connected to {}", handle.peer_addr());
@@ -34,14 +56,7 @@ impl Session for EchoSession {
     }
 
     fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
-        if !self.quiet {
-            say!(
-                "{} From client - Len : {}, String : {}",
-                timestamp(),
-                message.len(),
-                printable(message)
-            );
-        }
+        self.print_received(message);
         // Message and suffix go out as one reply, framed without joining
         // them into a buffer first. A raw read of nearly the maximum leaves
         // no room for the suffix in one message: raw bytes carry no
@@ -57,11 +72,14 @@ impl Session for EchoSession {
         } else {
             handle.send_parts(&[message, &self.suffix])
         };
-        match sent {
-            // The session is closing; its disconnect line says why.
-            Ok(()) | Err(SendError::Closed) => {}
-            Err(e) => eprintln!("reply to {} not sent: {e}", handle.peer_addr()),
-        }
+        report(handle, sent);
+    }
+
+    /// A WebSocket message: answered in its kind, the message and the
+    /// suffix in one WebSocket message (text stays text: both are UTF-8).
+    fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
+        self.print_received(message);
+        report(handle, handle.send_message(kind, &[message, &self.suffix]));
     }
 
     fn on_sent(&mut self, _handle: &SessionHandle, message: &[u8]) {

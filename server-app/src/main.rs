@@ -15,6 +15,10 @@
 //! with `--tls-client-ca` as well, only clients with a certificate signed by
 //! that CA (mutual TLS). A file that is missing or wrong ends it before it
 //! listens, with one line naming the file.
+//!
+//! With `--websocket` it serves WebSocket (RFC 6455; `wss` with the TLS
+//! flags): each message is answered in the kind it came in (text or
+//! binary), the message and the suffix in one WebSocket message.
 
 mod echo;
 mod output;
@@ -26,7 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use session_core::{Framing, IpInformation, Listener, ServerTls, SessionConfig};
+use session_core::{Framing, IpInformation, Listener, ServerTls, SessionConfig, WebSocketServer};
 use structopt::StructOpt;
 
 use crate::echo::EchoSession;
@@ -84,6 +88,11 @@ struct Opt {
     /// in this file (PEM); needs --tls-cert and --tls-key.
     #[structopt(long, value_name = "PEM", parse(from_os_str))]
     tls_client_ca: Option<PathBuf>,
+    /// Serve WebSocket (RFC 6455) on any path: every message is answered
+    /// in its kind (text or binary). With --tls-cert and --tls-key: wss.
+    /// WebSocket has its own message boundaries: --framing must be raw.
+    #[structopt(long)]
+    websocket: bool,
 }
 
 impl Opt {
@@ -140,6 +149,13 @@ fn main() -> ExitCode {
         Ok(opt) => opt,
         Err(e) => return cli_error(&e),
     };
+    if opt.websocket && opt.framing != Framing::Raw {
+        eprintln!(
+            "error: --websocket has its own message boundaries; --framing {} cannot go with it",
+            opt.framing
+        );
+        return ExitCode::from(2);
+    }
     match async_std::task::block_on(serve(opt)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -177,8 +193,12 @@ async fn serve(opt: Opt) -> Result<()> {
         ..SessionConfig::default()
     };
     let mut listener = Listener::bind(&ip, config).await?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     if let Some(tls) = tls {
         listener = listener.with_tls(tls);
+    }
+    if opt.websocket {
+        listener = listener.with_websocket(WebSocketServer::new());
     }
     let addrs: Vec<String> = listener
         .local_addrs()
@@ -202,6 +222,12 @@ async fn serve(opt: Opt) -> Result<()> {
 
     if let Some(line) = opt.tls_line() {
         say!("{line}");
+    }
+    if opt.websocket {
+        say!(
+            "Serving WebSocket: {scheme}://{}/ (any path)",
+            listener.local_addr()
+        );
     }
 
     let stop = listener.shutdown_handle();

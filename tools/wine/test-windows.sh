@@ -84,8 +84,9 @@ if [ "$mode" = all ]; then
   # poller's non-edge mode on IOCP, as the session tests do.
   step "session-core unit tests" cargo test --target "$target" -p session-core --lib
   # --no-fail-fast: every file runs and reports, even after a failure.
-  step "session, hostile, app and TLS tests" cargo test --target "$target" -p integration-tests \
-    --no-fail-fast --test sessions --test hostile --test apps --test elsewhere --test tls
+  step "session, hostile, app, TLS and WebSocket tests" cargo test --target "$target" -p integration-tests \
+    --no-fail-fast --test sessions --test hostile --test apps --test elsewhere --test tls \
+    --test websocket
   # The Windows apps with Linux peers, and the Linux apps with Windows
   # peers, over 127.0.0.1: nc, Python, client-app both ways (interop.sh).
   step "build Linux apps" cargo build -p server-app -p client-app

@@ -24,6 +24,11 @@
 //! `* NICK joined ROOM` to the whole room, joiner included; `* NICK left
 //! ROOM` to those who stay; `* OLD is now NEW`), `! ...` (an error, to you
 //! only). A disconnect is a leave.
+//!
+//! WebSocket members (a listener with
+//! [`Listener::with_websocket`](session_core::Listener::with_websocket): a
+//! browser) share the rooms: each of their text messages is one line, and
+//! every line comes to them as one text message.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
@@ -31,8 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use session_core::{
-    DisconnectReason, Frame, Framing, JobQueue, Listener, PushError, Registry, Session,
-    SessionHandle, SessionId,
+    DisconnectReason, Frame, Framing, JobQueue, Listener, MessageKind, PushError, Registry,
+    Session, SessionHandle, SessionId,
 };
 
 /// The room every session starts in.
@@ -274,6 +279,8 @@ struct Member {
 #[derive(Default)]
 struct Room {
     sessions: Registry,
+    /// Members over WebSocket: their frames are made apart.
+    websockets: Registry,
     nicks: BTreeSet<String>,
 }
 
@@ -282,7 +289,8 @@ struct Rooms {
     members: HashMap<SessionId, Member>,
     rooms: HashMap<String, Room>,
     nicks: HashSet<String>,
-    /// The framing of the listener's sessions (all share one).
+    /// The framing of the (non-WebSocket) listener's sessions (all share
+    /// one).
     framing: Framing,
     stats: Arc<ChatStats>,
 }
@@ -303,7 +311,7 @@ impl Rooms {
     /// Sends `line` to one member only.
     fn tell(&self, id: SessionId, line: &str) {
         if let Some(member) = self.members.get(&id) {
-            let _ = member.handle.send(line.as_bytes());
+            let _ = member.handle.send_text(line);
         }
     }
 
@@ -312,13 +320,23 @@ impl Rooms {
         let Some(room) = self.rooms.get(room) else {
             return;
         };
-        let Ok(frame) = Frame::new(self.framing, line.as_bytes(), MAX_OUT) else {
-            return;
-        };
-        let report = room.sessions.broadcast(&frame, except);
+        // One frame per kind of member the room has.
+        let mut delivered = 0;
+        let plain = (!room.sessions.is_empty())
+            .then(|| Frame::new(self.framing, line.as_bytes(), MAX_OUT).ok())
+            .flatten();
+        if let Some(frame) = plain {
+            delivered += room.sessions.broadcast(&frame, except).delivered;
+        }
+        let websocket = (!room.websockets.is_empty())
+            .then(|| Frame::websocket(MessageKind::Text, line.as_bytes(), MAX_OUT).ok())
+            .flatten();
+        if let Some(frame) = websocket {
+            delivered += room.websockets.broadcast(&frame, except).delivered;
+        }
         self.stats
             .deliveries
-            .fetch_add(report.delivered as u64, Ordering::Relaxed);
+            .fetch_add(delivered as u64, Ordering::Relaxed);
     }
 
     fn connect(&mut self, handle: SessionHandle) {
@@ -326,10 +344,13 @@ impl Rooms {
             return;
         }
         let id = handle.id();
-        self.framing = handle.framing();
+        if handle.framing() != Framing::WebSocket {
+            self.framing = handle.framing();
+        }
         let nick = format!("guest-{}", id.get());
-        let _ = handle
-            .send(format!("* welcome, you are {nick} in {LOBBY}; commands: {COMMANDS}").as_bytes());
+        let _ = handle.send_text(&format!(
+            "* welcome, you are {nick} in {LOBBY}; commands: {COMMANDS}"
+        ));
         self.nicks.insert(nick.clone());
         self.members.insert(
             id,
@@ -350,7 +371,11 @@ impl Rooms {
             return;
         };
         let room = self.rooms.entry(room_name.clone()).or_default();
-        room.sessions.insert(member.handle.clone());
+        if member.handle.framing() == Framing::WebSocket {
+            room.websockets.insert(member.handle.clone());
+        } else {
+            room.sessions.insert(member.handle.clone());
+        }
         room.nicks.insert(member.nick.clone());
         member.room = room_name.clone();
         let notice = format!("* {} joined {room_name}", member.nick);
@@ -368,6 +393,7 @@ impl Rooms {
             return;
         };
         room.sessions.remove(id);
+        room.websockets.remove(id);
         room.nicks.remove(&nick);
         if room.nicks.is_empty() {
             self.rooms.remove(&room_name);
@@ -427,13 +453,13 @@ impl Rooms {
         let mut line = format!("* in {} ({}):", member.room, room.nicks.len());
         for nick in &room.nicks {
             if line.len() + nick.len() + 1 > WHO_LINE {
-                let _ = member.handle.send(line.as_bytes());
+                let _ = member.handle.send_text(&line);
                 line = format!("* in {} (more):", member.room);
             }
             line.push(' ');
             line.push_str(nick);
         }
-        let _ = member.handle.send(line.as_bytes());
+        let _ = member.handle.send_text(&line);
     }
 
     fn say(&self, id: SessionId, text: &str) {
@@ -447,7 +473,7 @@ impl Rooms {
 
     fn quit(&mut self, id: SessionId) {
         if let Some(member) = self.members.get(&id) {
-            let _ = member.handle.send(b"* bye");
+            let _ = member.handle.send_text("* bye");
             member.handle.disconnect();
         }
         self.disconnected(id);
