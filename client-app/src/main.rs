@@ -67,6 +67,14 @@ struct Opt {
     /// TLS: `--tls` and the files and name it uses.
     #[structopt(flatten)]
     tls: tls_options::TlsOptions,
+    /// Speak WebSocket (RFC 6455): upgrade each connection with an HTTP/1.1
+    /// request for --path, then send each message as one frame (wss with
+    /// --tls).
+    #[structopt(long)]
+    websocket: bool,
+    /// The path the WebSocket upgrade asks for (with --websocket).
+    #[structopt(long, default_value = "/")]
+    path: String,
 }
 
 /// Greetings sent when `--count` is not given.
@@ -95,13 +103,27 @@ fn main() -> ExitCode {
         }
     };
     if opt.load.clients.is_some() {
-        return match load::run(&opt.host, opt.port, opt.framing, &opt.load, tls.as_ref()) {
+        let websocket = opt.websocket.then_some(opt.path.as_str());
+        return match load::run(
+            &opt.host,
+            opt.port,
+            opt.framing,
+            &opt.load,
+            tls.as_ref(),
+            websocket,
+        ) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         };
+    }
+    if opt.websocket {
+        eprintln!(
+            "error: --websocket: only the load mode (--clients N) speaks WebSocket in this build"
+        );
+        return ExitCode::FAILURE;
     }
     match async_std::task::block_on(greet(opt, tls)) {
         Ok(()) => ExitCode::SUCCESS,
