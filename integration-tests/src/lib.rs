@@ -12,6 +12,7 @@
 pub mod counting_alloc;
 pub mod pki;
 pub mod process;
+pub mod ws_peers;
 
 use std::fmt;
 use std::io::{self, Read, Write};
