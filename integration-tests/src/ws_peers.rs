@@ -99,7 +99,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// else.
 #[track_caller]
 pub fn unhex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd hex length: {text:?}");
+    assert!(text.len().is_multiple_of(2), "odd hex length: {text:?}");
     (0..text.len())
         .step_by(2)
         .map(|i| {
