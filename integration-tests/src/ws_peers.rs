@@ -75,11 +75,12 @@ pub fn ws_python() -> Option<PathBuf> {
     None
 }
 
-/// Chromium (`chromium`, else `chromium-browser`). `None` (the caller
-/// skips) when it is not installed, a panic under `CI`.
+/// Chromium (`chromium`, as Debian names it, else `chromium-browser` or
+/// `google-chrome`, as other systems do). `None` (the caller skips) when
+/// none is installed, a panic under `CI`.
 #[track_caller]
 pub fn chromium() -> Option<PathBuf> {
-    if let Some(path) = ["chromium", "chromium-browser"]
+    if let Some(path) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find_map(|name| find_program(name, &[]))
     {
