@@ -167,9 +167,8 @@ fn browser_lines(chromium: &Path, port: u16, server: &Proc) -> Vec<String> {
 
 /// Checks what the page saw from an echo that appends [`SUFFIX`], and the
 /// server's disconnect line.
-fn check_browser_against(server: &mut Proc, port: u16) {
-    let Some(chromium) = chromium() else { return };
-    let lines = browser_lines(&chromium, port, server);
+fn check_browser_against(chromium: &Path, server: &mut Proc, port: u16) {
+    let lines = browser_lines(chromium, port, server);
     let reply = |kind: &str, sent: &[u8]| {
         let mut want = sent.to_vec();
         want.extend_from_slice(SUFFIX.as_bytes());
@@ -187,18 +186,14 @@ fn check_browser_against(server: &mut Proc, port: u16) {
 
 #[test]
 fn chromium_gets_text_and_binary_back_from_server_app() {
-    if chromium().is_none() {
-        return;
-    }
+    let Some(chromium) = chromium() else { return };
     let (mut server, port) = Proc::server(&["--websocket"]);
-    check_browser_against(&mut server, port);
+    check_browser_against(&chromium, &mut server, port);
 }
 
 #[test]
 fn chromium_checks_hold_against_the_reference_echo() {
-    if chromium().is_none() {
-        return;
-    }
+    let Some(chromium) = chromium() else { return };
     let mut server = Proc::spawn(
         "reference-echo-ws",
         Command::new(env!("CARGO_BIN_EXE_reference-echo-ws")).args([
@@ -212,5 +207,5 @@ fn chromium_checks_hold_against_the_reference_echo() {
         ]),
     );
     let port = server.listening_port();
-    check_browser_against(&mut server, port);
+    check_browser_against(&chromium, &mut server, port);
 }

@@ -78,15 +78,8 @@ fn reference_server(extra: &[&str]) -> (Proc, u16) {
 fn python_client_against(python: &Path, server: &mut Proc, port: u16, ca: Option<&Path>) {
     let script = peer_script("ws_client.py");
     let scheme = if ca.is_some() { "wss" } else { "ws" };
-    // The certificate is for localhost; the server listens on 127.0.0.1,
-    // which is what localhost is for the Python resolver too, IPv4 first
-    // or not: the script connects to every address in turn.
-    let host = if ca.is_some() {
-        "localhost"
-    } else {
-        "127.0.0.1"
-    };
-    let url = format!("{scheme}://{host}:{port}/");
+    // The test certificate is valid for 127.0.0.1 as well as localhost.
+    let url = format!("{scheme}://127.0.0.1:{port}/");
     let mut command = Command::new(python);
     command.arg(&script).arg(&url);
     if let Some(ca) = ca {
