@@ -13,6 +13,10 @@
 //! reply that differs, bytes that nobody asked for, or a reply that never
 //! comes is an error, and errors make the run fail.
 //!
+//! With `--websocket` each connection is upgraded first and every message
+//! goes as one masked binary frame; the payloads of the server's frames are
+//! checked as above (see `load/ws.rs`).
+//!
 //! Two ways to drive the load:
 //! - closed loop (default): each connection keeps `--window` messages in
 //!   flight and sends the next one when a reply completes;
@@ -936,6 +940,20 @@ mod imp {
             ws_error: None,
         };
         lp.run(&mut conns)?;
+        // WebSocket: a close frame (1000) on every connection still open,
+        // best effort and without waiting for the answer: the run is over.
+        for c in conns
+            .iter_mut()
+            .filter(|c| c.ws.is_some() && c.failed.is_none())
+        {
+            ws::push_frame(
+                &mut c.out,
+                ws::OP_CLOSE,
+                &1000u16.to_be_bytes(),
+                ws::new_mask(),
+            );
+            lp.flush(c);
+        }
         if let Some(e) = &lp.ws_error {
             eprintln!("error: WebSocket: {e}");
         }

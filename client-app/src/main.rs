@@ -16,6 +16,9 @@
 //! `--tls` (with `--tls-ca`, `--tls-server-name`, `--tls-cert` and
 //! `--tls-key`) connects over TLS; a server certificate it does not trust
 //! ends it with one line saying why, and status 1.
+//!
+//! `--websocket` (with `--path`) speaks WebSocket; in this build only the
+//! load mode does.
 
 mod greeter;
 mod load;

@@ -4,7 +4,8 @@
 //! 64-bit ones for a 64-byte payload too, which the RFC calls non-minimal
 //! but a reader must still take), text and binary by turns, with pings
 //! between them whose pongs must come back masked and with the ping's
-//! payload. And the upgrade's failures: a wrong `Sec-WebSocket-Accept` and
+//! payload; at the end each connection sends a close frame with 1000. And
+//! the upgrade's failures: a wrong `Sec-WebSocket-Accept` and
 //! a refusal each end the run with a line that says so.
 //!
 //! Linux only: the load mode is an epoll loop.
@@ -39,6 +40,8 @@ struct Seen {
     pongs: u64,
     /// Client frames without the mask bit (each is an error).
     unmasked: u64,
+    /// The code of the client's close frame, if it sent one.
+    close: Option<u16>,
 }
 
 /// Reads exactly `buf.len()` bytes; false at the end of the stream.
@@ -172,6 +175,11 @@ fn serve(mut stream: TcpStream, how: Upgrade) -> Seen {
                     seen.pongs += 1;
                 }
             }
+            0x8 => {
+                seen.close =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                break;
+            }
             _ => break,
         }
     }
@@ -232,6 +240,7 @@ fn replies_in_every_length_form_cut_into_bytes_and_pings_between() {
         assert_eq!(seen.pings, 20, "{seen:?}");
         assert_eq!(seen.pongs, seen.pings, "every ping answered: {seen:?}");
         assert_eq!(seen.unmasked, 0, "every client frame masked: {seen:?}");
+        assert_eq!(seen.close, Some(1000), "a clean close at the end: {seen:?}");
     }
 }
 
