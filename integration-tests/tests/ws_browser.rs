@@ -123,9 +123,12 @@ fn browser_lines(chromium: &Path, port: u16, server: &Proc) -> Vec<String> {
     let pages = std::thread::spawn(move || {
         while Instant::now() < deadline && !stopped.load(Ordering::Relaxed) {
             match http.accept() {
+                // A thread per connection: a socket Chromium opens ahead
+                // and leaves unused must not hold up the page's request.
                 Ok((stream, _)) => {
                     let _ = stream.set_nonblocking(false);
-                    serve_request(stream, &page, &report_tx);
+                    let (page, report_tx) = (page.clone(), report_tx.clone());
+                    std::thread::spawn(move || serve_request(stream, &page, &report_tx));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(10));
