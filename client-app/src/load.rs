@@ -1398,20 +1398,32 @@ mod imp {
         /// replies themselves, or under WebSocket the server's frames,
         /// whose data payloads are the replies.
         fn receive(&mut self, c: &mut Conn, data: &[u8], now: u64) {
-            if c.ws.is_none() {
-                self.check(c, data, now);
-                return;
+            let done = if c.ws.is_none() {
+                self.check(c, data, now)
+            } else {
+                self.receive_frames(c, data, now)
+            };
+            if done && c.failed.is_none() {
+                self.flush(c);
             }
+        }
+
+        /// [`Loop::receive`] under WebSocket: the payloads of the data
+        /// frames go to [`Loop::check`]; true if a reply was done.
+        fn receive_frames(&mut self, c: &mut Conn, data: &[u8], now: u64) -> bool {
             let wire = self.maker.wire_len() as u64;
+            let mut done = false;
             let mut rest = data;
             // Bounded: every step uses at least one byte, or fails.
             while !rest.is_empty() && c.failed.is_none() {
-                let Some(reader) = c.ws.as_mut() else { return };
+                let Some(reader) = c.ws.as_mut() else {
+                    return done;
+                };
                 let (used, piece) = match reader.next(rest) {
                     Ok(step) => step,
                     Err(e) => {
                         self.ws_fail(c, Failure::Broken, &e.to_string());
-                        return;
+                        return done;
                     }
                 };
                 match piece {
@@ -1423,14 +1435,15 @@ mod imp {
                             Failure::Corrupt,
                             &format!("a message of {len} bytes where {wire} were sent"),
                         );
-                        return;
+                        return done;
                     }
                     ws::Piece::Header { .. } => {}
-                    ws::Piece::Payload { len, .. } => self.check(c, &rest[..len], now),
+                    ws::Piece::Payload { len, .. } => done |= self.check(c, &rest[..len], now),
                     ws::Piece::Control { opcode } => self.on_control(c, opcode),
                 }
                 rest = &rest[used..];
             }
+            done
         }
 
         /// A whole control frame from the server: a ping is answered, a
@@ -1467,8 +1480,10 @@ mod imp {
         }
 
         /// Checks `data`, the next bytes of the replies, against what was
-        /// sent, and in closed loop sends a message for each reply done.
-        fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) {
+        /// sent, and in closed loop queues a message for each reply done;
+        /// true if a reply was done (the caller flushes: once per read, not
+        /// once per WebSocket frame, which cost a `send` per message).
+        fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) -> bool {
             // Checked against the messages regenerated from their numbers,
             // without building them: bytes that differ from what was sent,
             // or beyond all of it, are wrong; the replies before the first
@@ -1506,7 +1521,7 @@ mod imp {
             c.recv_seq += completed;
             if wrong {
                 self.fail(c, Failure::Corrupt);
-                return;
+                return false;
             }
             if self.plan.rate_per_conn == 0.0 {
                 for _ in 0..completed {
@@ -1515,10 +1530,8 @@ mod imp {
                     }
                     self.push_message(c, now);
                 }
-                if completed > 0 {
-                    self.flush(c);
-                }
             }
+            completed > 0
         }
 
         /// Stops a connection: its in-flight messages count as lost, except
