@@ -1481,7 +1481,7 @@ mod imp {
 
         /// Checks `data`, the next bytes of the replies, against what was
         /// sent, and in closed loop queues a message for each reply done;
-        /// true if a reply was done (the caller flushes: once per read, not
+        /// true if it queued any (the caller flushes: once per read, not
         /// once per WebSocket frame, which cost a `send` per message).
         fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) -> bool {
             // Checked against the messages regenerated from their numbers,
@@ -1531,7 +1531,8 @@ mod imp {
                     self.push_message(c, now);
                 }
             }
-            completed > 0
+            // Open loop sends on its schedule, not on replies.
+            completed > 0 && self.plan.rate_per_conn == 0.0
         }
 
         /// Stops a connection: its in-flight messages count as lost, except
