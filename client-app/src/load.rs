@@ -13,6 +13,10 @@
 //! reply that differs, bytes that nobody asked for, or a reply that never
 //! comes is an error, and errors make the run fail.
 //!
+//! With `--websocket` each connection is upgraded first and every message
+//! goes as one masked binary frame; the payloads of the server's frames are
+//! checked as above (see `load/ws.rs`).
+//!
 //! Two ways to drive the load:
 //! - closed loop (default): each connection keeps `--window` messages in
 //!   flight and sends the next one when a reply completes;
@@ -50,6 +54,7 @@ use structopt::StructOpt;
 use crate::output::parse_seconds;
 
 mod tls;
+mod ws;
 
 /// Options of the load mode (flattened into the client's command line).
 #[derive(Debug, Clone, StructOpt)]
@@ -130,6 +135,8 @@ pub struct Summary {
     pub handshakes: u64,
     /// TLS was used.
     pub tls: bool,
+    /// Every message went as a WebSocket frame (`--websocket`).
+    pub websocket: bool,
 }
 
 impl Summary {
@@ -170,7 +177,7 @@ impl Summary {
                 "\"sent\":{},\"messages\":{},\"elapsed_s\":{:.6},\"msgs_per_s\":{:.1},",
                 "\"mb_per_s\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},",
                 "\"max_us\":{:.1},\"errors\":{},\"corrupt\":{},\"lost\":{},\"conn_errors\":{},",
-                "\"tls\":{},\"handshakes\":{},\"handshakes_per_s\":{:.1}}}"
+                "\"tls\":{},\"websocket\":{},\"handshakes\":{},\"handshakes_per_s\":{:.1}}}"
             ),
             self.clients,
             self.framing,
@@ -191,6 +198,7 @@ impl Summary {
             self.lost,
             self.conn_errors,
             self.tls,
+            self.websocket,
             self.handshakes,
             self.handshakes_per_sec(),
         )
@@ -216,12 +224,17 @@ impl Summary {
             String::new()
         };
         format!(
-            "load: {} clients{}, {} framing, {} B messages, {mode}{sessions}\n\
+            "load: {} clients{}{}, {} framing, {} B messages, {mode}{sessions}\n\
              messages:   {} correct in {:.2} s ({:.0} msgs/s, {:.2} MB/s), {} sent\n\
              round trip: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us\n\
              errors:     {} (corrupt {}, lost {}, failed connections {})",
             self.clients,
             if self.tls { " over TLS" } else { "" },
+            if self.websocket {
+                " over WebSocket"
+            } else {
+                ""
+            },
             self.framing,
             self.size,
             self.messages,
@@ -261,6 +274,10 @@ fn framing_name(framing: Framing) -> &'static str {
 /// With `tls`, every connection is a TLS session (see `load/tls.rs`): its
 /// handshake is made when it opens, before the load starts.
 ///
+/// With `websocket` (the path to ask for), every connection is upgraded to
+/// a WebSocket when it opens (after its TLS handshake), and every message
+/// goes as one masked binary frame (see `load/ws.rs`).
+///
 /// An `Err` means the run could not start (bad options, no connection);
 /// errors in the replies are counted in the [`Summary`].
 pub fn run(
@@ -269,10 +286,14 @@ pub fn run(
     framing: Framing,
     opts: &LoadOptions,
     tls: Option<&ClientTls>,
+    websocket: Option<&str>,
 ) -> Result<Summary> {
-    let plan = Plan::new(framing, opts)?;
+    let plan = Plan::new(framing, opts, websocket.is_some())?;
     if opts.handshakes && (tls.is_none() || opts.idle || opts.rate > 0.0) {
         bail!("--handshakes needs --tls, and goes with neither --idle nor --rate");
+    }
+    if opts.handshakes && websocket.is_some() {
+        bail!("--handshakes measures TLS sessions and does not go with --websocket");
     }
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
@@ -293,12 +314,16 @@ pub fn run(
             for i in 0..plan.clients {
                 let what = || format!("connection {i} of {} to {host}:{port}", plan.clients);
                 let stream = connect_any(&addrs).with_context(what)?;
-                sessions.push(match (tls, &name) {
+                let mut session = match (tls, &name) {
                     (Some(client), Some(name)) => {
                         Some(tls::handshake(&stream, client, name.clone()).with_context(what)?)
                     }
                     _ => None,
-                });
+                };
+                if let Some(path) = websocket {
+                    ws_upgrade(&stream, session.as_mut(), host, port, path).with_context(what)?;
+                }
+                sessions.push(session);
                 streams.push(stream);
             }
             if opts.idle {
@@ -314,6 +339,33 @@ pub fn run(
         println!("{}", summary.to_text());
     }
     Ok(summary)
+}
+
+/// The WebSocket upgrade of one new connection, through its TLS session
+/// if it has one, each read and write bounded.
+fn ws_upgrade(
+    stream: &TcpStream,
+    session: Option<&mut ClientConnection>,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<()> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    stream.set_read_timeout(Some(LIMIT))?;
+    stream.set_write_timeout(Some(LIMIT))?;
+    let mut socket = stream;
+    match session {
+        Some(session) => ws::upgrade(
+            &mut session_core::rustls::Stream::new(session, &mut socket),
+            host,
+            port,
+            path,
+        )?,
+        None => ws::upgrade(&mut socket, host, port, path)?,
+    }
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    Ok(())
 }
 
 fn connect_any(addrs: &[std::net::SocketAddr]) -> io::Result<TcpStream> {
@@ -380,10 +432,15 @@ struct Plan {
     count: u64,
     duration: Option<Duration>,
     warmup: Duration,
+    /// Each message is one WebSocket frame.
+    websocket: bool,
 }
 
 impl Plan {
-    fn new(framing: Framing, opts: &LoadOptions) -> Result<Plan> {
+    fn new(framing: Framing, opts: &LoadOptions, websocket: bool) -> Result<Plan> {
+        if websocket && framing != Framing::Raw {
+            bail!("--websocket carries each message in a frame of its own: leave --framing raw");
+        }
         let clients = opts.clients.unwrap_or(1);
         if clients == 0 {
             bail!("--clients must be at least 1");
@@ -426,6 +483,7 @@ impl Plan {
             count,
             duration: opts.duration,
             warmup,
+            websocket,
         })
     }
 
@@ -436,6 +494,7 @@ impl Plan {
             size: self.size,
             window: self.window,
             rate: self.rate,
+            websocket: self.websocket,
             ..Summary::default()
         }
     }
@@ -744,6 +803,9 @@ struct Conn {
     /// The TLS session over `stream`, handshake done: `out` is its
     /// plaintext, and what is read goes through it.
     tls: Option<ClientConnection>,
+    /// WebSocket (upgrade done): the reader of the server's frames; `out`
+    /// holds whole masked frames, and replies are the frames' payloads.
+    ws: Option<ws::FrameReader>,
 }
 
 impl Conn {
@@ -789,6 +851,8 @@ mod imp {
         sent: u64,
         corrupt: u64,
         conn_errors: u64,
+        /// The first WebSocket protocol error, said on stderr at the end.
+        ws_error: Option<String>,
     }
 
     /// `send(2)` straight through rustix: libc's wrapper toggles thread
@@ -837,7 +901,9 @@ mod imp {
                 recv_seq: 0,
                 recv_off: 0,
                 times: VecDeque::with_capacity(plan.window),
-                out: Vec::with_capacity(plan.window * maker.wire_len()),
+                out: Vec::with_capacity(
+                    plan.window * (maker.wire_len() + ws::frame_header_len(maker.wire_len())),
+                ),
                 out_pos: 0,
                 unsent: VecDeque::with_capacity(plan.window),
                 unsent_off: 0,
@@ -849,6 +915,9 @@ mod imp {
                     0.0
                 },
                 tls,
+                ws: plan
+                    .websocket
+                    .then(|| ws::FrameReader::new(maker.wire_len() as u64)),
             });
         }
         let start = Instant::now();
@@ -869,8 +938,26 @@ mod imp {
             sent: 0,
             corrupt: 0,
             conn_errors: 0,
+            ws_error: None,
         };
         lp.run(&mut conns)?;
+        // WebSocket: a close frame (1000) on every connection still open,
+        // best effort and without waiting for the answer: the run is over.
+        for c in conns
+            .iter_mut()
+            .filter(|c| c.ws.is_some() && c.failed.is_none())
+        {
+            ws::push_frame(
+                &mut c.out,
+                ws::OP_CLOSE,
+                &1000u16.to_be_bytes(),
+                ws::new_mask(),
+            );
+            lp.flush(c);
+        }
+        if let Some(e) = &lp.ws_error {
+            eprintln!("error: WebSocket: {e}");
+        }
         let mut summary = plan.summary_base();
         summary.tls = tls;
         summary.sent = lp.sent;
@@ -1055,8 +1142,15 @@ mod imp {
 
         /// Queues message `c.next_seq`, stamped with `time` (ns after start).
         fn push_message(&mut self, c: &mut Conn, time: u64) {
+            if c.ws.is_some() {
+                // One masked binary frame, masked in place in `out`.
+                let mask = ws::new_mask();
+                ws::push_frame_header(&mut c.out, ws::OP_BINARY, self.maker.wire_len(), mask);
+                let body = c.out.len();
+                self.maker.append(c.id, c.next_seq, &mut c.out);
+                ws::apply_mask(&mut c.out[body..], mask);
             // TLS copies every message into its records anyway.
-            if self.maker.size >= WRITE_IN_PLACE && c.tls.is_none() {
+            } else if self.maker.size >= WRITE_IN_PLACE && c.tls.is_none() {
                 c.unsent.push_back(c.next_seq);
             } else {
                 self.maker.append(c.id, c.next_seq, &mut c.out);
@@ -1229,7 +1323,7 @@ mod imp {
             let Some(n) = self.read_some(c, recv(&c.stream, buf)) else {
                 return;
             };
-            self.check(c, &buf[..n], now);
+            self.receive(c, &buf[..n], now);
         }
 
         /// The bytes a read brought, if any; the end of the stream or an
@@ -1283,7 +1377,7 @@ mod imp {
                         return;
                     }
                     Ok(n) => {
-                        self.check(c, &buf[..n], now);
+                        self.receive(c, &buf[..n], now);
                         if c.failed.is_some() {
                             return;
                         }
@@ -1301,9 +1395,96 @@ mod imp {
             }
         }
 
+        /// Takes `data`, the next bytes from the server (after TLS): the
+        /// replies themselves, or under WebSocket the server's frames,
+        /// whose data payloads are the replies.
+        fn receive(&mut self, c: &mut Conn, data: &[u8], now: u64) {
+            let done = if c.ws.is_none() {
+                self.check(c, data, now)
+            } else {
+                self.receive_frames(c, data, now)
+            };
+            if done && c.failed.is_none() {
+                self.flush(c);
+            }
+        }
+
+        /// [`Loop::receive`] under WebSocket: the payloads of the data
+        /// frames go to [`Loop::check`]; true if a reply was done.
+        fn receive_frames(&mut self, c: &mut Conn, data: &[u8], now: u64) -> bool {
+            let wire = self.maker.wire_len() as u64;
+            let mut done = false;
+            let mut rest = data;
+            // Bounded: every step uses at least one byte, or fails.
+            while !rest.is_empty() && c.failed.is_none() {
+                let Some(reader) = c.ws.as_mut() else {
+                    return done;
+                };
+                let (used, piece) = match reader.next(rest) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        self.ws_fail(c, Failure::Broken, &e.to_string());
+                        return done;
+                    }
+                };
+                match piece {
+                    ws::Piece::Partial => {}
+                    // Each reply is one message, as it was sent.
+                    ws::Piece::Header { len, .. } if len != wire || c.recv_off != 0 => {
+                        self.ws_fail(
+                            c,
+                            Failure::Corrupt,
+                            &format!("a message of {len} bytes where {wire} were sent"),
+                        );
+                        return done;
+                    }
+                    ws::Piece::Header { .. } => {}
+                    ws::Piece::Payload { len, .. } => done |= self.check(c, &rest[..len], now),
+                    ws::Piece::Control { opcode } => self.on_control(c, opcode),
+                }
+                rest = &rest[used..];
+            }
+            done
+        }
+
+        /// A whole control frame from the server: a ping is answered, a
+        /// close ends the connection (the server gave up on it).
+        fn on_control(&mut self, c: &mut Conn, opcode: u8) {
+            let Some(reader) = c.ws.as_ref() else { return };
+            match opcode {
+                ws::OP_PING => {
+                    let mut payload = [0u8; 125];
+                    let len = reader.control().len();
+                    payload[..len].copy_from_slice(reader.control());
+                    ws::push_frame(&mut c.out, ws::OP_PONG, &payload[..len], ws::new_mask());
+                    self.flush(c);
+                }
+                ws::OP_CLOSE => {
+                    let code = ws::close_code(reader.control());
+                    self.ws_fail(
+                        c,
+                        Failure::Broken,
+                        &format!("the server closed the WebSocket (code {code:?})"),
+                    );
+                }
+                _ => {}
+            }
+        }
+
+        /// Fails a connection for a WebSocket reason, kept for stderr
+        /// when it is the first.
+        fn ws_fail(&mut self, c: &mut Conn, why: Failure, what: &str) {
+            if self.ws_error.is_none() {
+                self.ws_error = Some(format!("connection {}: {what}", c.id));
+            }
+            self.fail(c, why);
+        }
+
         /// Checks `data`, the next bytes of the replies, against what was
-        /// sent, and in closed loop sends a message for each reply done.
-        fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) {
+        /// sent, and in closed loop queues a message for each reply done;
+        /// true if it queued any (the caller flushes: once per read, not
+        /// once per WebSocket frame, which cost a `send` per message).
+        fn check(&mut self, c: &mut Conn, data: &[u8], now: u64) -> bool {
             // Checked against the messages regenerated from their numbers,
             // without building them: bytes that differ from what was sent,
             // or beyond all of it, are wrong; the replies before the first
@@ -1341,7 +1522,7 @@ mod imp {
             c.recv_seq += completed;
             if wrong {
                 self.fail(c, Failure::Corrupt);
-                return;
+                return false;
             }
             if self.plan.rate_per_conn == 0.0 {
                 for _ in 0..completed {
@@ -1350,10 +1531,9 @@ mod imp {
                     }
                     self.push_message(c, now);
                 }
-                if completed > 0 {
-                    self.flush(c);
-                }
             }
+            // Open loop sends on its schedule, not on replies.
+            completed > 0 && self.plan.rate_per_conn == 0.0
         }
 
         /// Stops a connection: its in-flight messages count as lost, except

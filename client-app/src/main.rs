@@ -19,7 +19,7 @@
 //!
 //! `--websocket` (with `--path`, default `/`) speaks WebSocket (RFC 6455;
 //! `wss` with `--tls`): the greetings go out as text messages and each
-//! reply is one message.
+//! reply is one message; the load mode sends masked binary frames.
 
 mod greeter;
 mod load;
@@ -72,12 +72,14 @@ struct Opt {
     /// TLS: `--tls` and the files and name it uses.
     #[structopt(flatten)]
     tls: tls_options::TlsOptions,
-    /// Speak WebSocket (RFC 6455): an HTTP upgrade on --path, then each
-    /// greeting is a text message. With --tls: wss. WebSocket has its own
-    /// message boundaries: --framing must be raw.
+    /// Speak WebSocket (RFC 6455): an HTTP/1.1 upgrade on --path, then each
+    /// greeting (or, with --clients, each load message) is one message:
+    /// text for greetings, masked binary frames for the load. With --tls:
+    /// wss. WebSocket has its own message boundaries: --framing must be
+    /// raw.
     #[structopt(long)]
     websocket: bool,
-    /// The path the WebSocket upgrade asks for.
+    /// The path the WebSocket upgrade asks for (with --websocket).
     #[structopt(long, default_value = "/")]
     path: String,
 }
@@ -115,11 +117,15 @@ fn main() -> ExitCode {
         }
     };
     if opt.load.clients.is_some() {
-        if opt.websocket {
-            eprintln!("error: the load mode does not speak WebSocket yet");
-            return ExitCode::from(2);
-        }
-        return match load::run(&opt.host, opt.port, opt.framing, &opt.load, tls.as_ref()) {
+        let websocket = opt.websocket.then_some(opt.path.as_str());
+        return match load::run(
+            &opt.host,
+            opt.port,
+            opt.framing,
+            &opt.load,
+            tls.as_ref(),
+            websocket,
+        ) {
             Ok(summary) => summary.exit_code(),
             Err(e) => {
                 eprintln!("error: {e:#}");

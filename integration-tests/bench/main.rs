@@ -28,6 +28,14 @@
 //! CPU at a fixed rate, new sessions per second (`--handshakes`: a full
 //! handshake, one echo and a close per connection) and RSS per idle TLS
 //! connection (2,000 of them).
+//!
+//! The `ws-*` scenarios (issue 14, `-- --only ws`) run `server-app
+//! --websocket` against `reference-echo-ws` (an async-tungstenite echo on
+//! async-std, a task per connection), the load with `--websocket` (one
+//! masked binary frame per message): messages per second, pipelined, and
+//! server CPU at a fixed rate. A `server-app` without `--websocket` fails
+//! these rows with a message that says so; `BENCH_WS_APP=reference` puts
+//! the reference in both columns, to try the rows themselves.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -118,6 +126,9 @@ struct Scenario {
     /// Over TLS (issue 13): `server-app --tls-cert --tls-key` against
     /// `reference-echo-tls`, the load with `--tls`.
     tls: bool,
+    /// Over WebSocket (issue 14): `server-app --websocket` against
+    /// `reference-echo-ws`, the load with `--websocket`.
+    ws: bool,
 }
 
 const IDLE_CONNECTIONS: usize = 5000;
@@ -126,8 +137,19 @@ const FIXED_RATE: f64 = 1_000_000.0;
 const IDLE_TARGET_BYTES: f64 = 1024.0;
 /// Issue 13: idle TLS connections held for the memory row.
 const IDLE_TLS_CONNECTIONS: usize = 2000;
+/// Issue 14: the fixed rate of the WebSocket CPU row, far below
+/// [`FIXED_RATE`]: the async-tungstenite reference writes and flushes a
+/// frame per message and peaks at 55-135 k msgs/s pipelined here, and at
+/// 100 k it used 65-98 % of its core, so both columns could read a full
+/// core and compare nothing. At 50 k (one message per connection per
+/// millisecond) it uses about half of it.
+const WS_FIXED_RATE: f64 = 50_000.0;
+/// Set to `reference` to run `reference-echo-ws` in the server-app column
+/// of the `ws-*` rows as well (the rows' own check while server-app has no
+/// `--websocket`).
+const WS_APP_OVERRIDE: &str = "BENCH_WS_APP";
 
-const SCENARIOS: [Scenario; 14] = [
+const SCENARIOS: [Scenario; 16] = [
     Scenario {
         name: "ping-pong",
         framing: "raw",
@@ -139,6 +161,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((1.05, true)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "pipelined",
@@ -151,6 +174,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((1.25, false)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "bulk",
@@ -163,6 +187,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((1.0, false)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "framed",
@@ -175,6 +200,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((1.0, false)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "fixed-rate-raw",
@@ -187,6 +213,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((0.80, true)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "fixed-rate-framed",
@@ -199,6 +226,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((0.90, true)),
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "idle",
@@ -211,6 +239,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: None,
         compare: None,
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "workers-pipelined",
@@ -223,6 +252,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: None,
         compare: Some([Server::Workers(2, false), Server::Workers(1, false)]),
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "workers-fixed-rate",
@@ -235,6 +265,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: None,
         compare: Some([Server::Workers(2, false), Server::Workers(1, false)]),
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "reuseport-pipelined",
@@ -247,6 +278,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: None,
         compare: Some([Server::Workers(2, true), Server::Workers(2, false)]),
         tls: false,
+        ws: false,
     },
     Scenario {
         name: "reuseport-fixed-rate",
@@ -259,6 +291,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: None,
         compare: Some([Server::Workers(2, true), Server::Workers(2, false)]),
         tls: false,
+        ws: false,
     },
     // Issue 13: TLS 1.3 (both sides prefer it), ECDSA P-256 certificates
     // made for the run.
@@ -273,6 +306,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((0.80, true)),
         compare: None,
         tls: true,
+        ws: false,
     },
     Scenario {
         name: "tls-handshakes",
@@ -285,6 +319,7 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((1.0, false)),
         compare: None,
         tls: true,
+        ws: false,
     },
     Scenario {
         name: "tls-idle",
@@ -297,6 +332,34 @@ const SCENARIOS: [Scenario; 14] = [
         target: Some((0.5, true)),
         compare: None,
         tls: true,
+        ws: false,
+    },
+    // Issue 14: WebSocket, one masked binary frame per message.
+    Scenario {
+        name: "ws-pipelined",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 16,
+        rate: 0.0,
+        figure: Figure::MsgsPerSec,
+        target: Some((1.5, false)),
+        compare: None,
+        tls: false,
+        ws: true,
+    },
+    Scenario {
+        name: "ws-fixed-rate",
+        framing: "raw",
+        clients: 50,
+        size: 64,
+        window: 1,
+        rate: WS_FIXED_RATE,
+        figure: Figure::ServerCpu,
+        target: Some((0.70, true)),
+        compare: None,
+        tls: false,
+        ws: true,
     },
 ];
 
@@ -394,6 +457,7 @@ fn run(opts: &Options) -> Result<(), String> {
         "client-app",
         "reference-echo",
         "reference-echo-tls",
+        "reference-echo-ws",
     ] {
         if !bin_dir.join(name).exists() {
             return Err(format!(
@@ -477,6 +541,12 @@ fn run(opts: &Options) -> Result<(), String> {
         rows.extend(table_rows(scenario, &app, &reference));
     }
     print_table(&rows, &env);
+    if ws_app_is_reference() && SCENARIOS.iter().any(|s| s.ws && selected(s)) {
+        println!();
+        println!(
+            "ws-* rows: {WS_APP_OVERRIDE}=reference, so the server-app column is reference-echo-ws too."
+        );
+    }
     eprintln!("benchmark took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -533,7 +603,13 @@ fn table_rows(s: &Scenario, app: &[Sample], reference: &[Sample]) -> Vec<Row> {
         format!(
             "{} ({}{} conn{}, {} B{}{}{workers}): {figure}",
             s.name,
-            if s.tls { "TLS 1.3, " } else { "" },
+            if s.tls {
+                "TLS 1.3, "
+            } else if s.ws {
+                "WebSocket, "
+            } else {
+                ""
+            },
             s.clients,
             if s.clients == 1 { "" } else { "s" },
             s.size,
@@ -750,12 +826,24 @@ struct Running {
     port: u16,
 }
 
+/// Whether [`WS_APP_OVERRIDE`] puts the reference in the server-app column.
+fn ws_app_is_reference() -> bool {
+    std::env::var(WS_APP_OVERRIDE).is_ok_and(|v| v == "reference")
+}
+
 fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Running, String> {
     let tls = match (&env.pki, scenario.tls) {
         (Some(pki), true) => Some(&pki.server),
         _ => None,
     };
+    let reference_ws = scenario.ws && (server == Server::Reference || ws_app_is_reference());
     let (program, mut args): (&str, Vec<String>) = match server {
+        _ if reference_ws => (
+            "reference-echo-ws",
+            ["--port", "0", "--host", "127.0.0.1"]
+                .map(String::from)
+                .to_vec(),
+        ),
         Server::Reference if tls.is_some() => (
             "reference-echo-tls",
             ["--port", "0", "--host", "127.0.0.1"]
@@ -785,6 +873,9 @@ fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Runnin
                 .to_vec(),
         ),
     };
+    if scenario.ws && !reference_ws {
+        args.push("--websocket".to_string());
+    }
     if let Some(pem) = tls {
         let (cert, key) = if server == Server::Reference {
             ("--cert", "--key")
@@ -816,7 +907,7 @@ fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Runnin
     let mut child = cmd.spawn().map_err(|e| format!("start {program}: {e}"))?;
     let pid = child.id();
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let guard = Guard { child };
+    let mut guard = Guard { child };
     // Read stdout for ever (a server may print per connection; a full pipe
     // would stall it), and hand the address line over.
     let (tx, rx) = mpsc::channel();
@@ -828,9 +919,34 @@ fn start_server(env: &Env, scenario: &Scenario, server: Server) -> Result<Runnin
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| format!("{program} did not print 'Listening on' within 10 s"))?;
+    let Ok(addr) = rx.recv_timeout(Duration::from_secs(10)) else {
+        // A server that refused its flags has exited (its error went to
+        // stderr above); say which run it was.
+        // Its stdout has closed: it is exiting, if not gone already.
+        let mut exited = None;
+        for _ in 0..50 {
+            exited = guard.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let hint = if scenario.ws && program == "server-app" {
+            format!(
+                "; a server-app without --websocket fails the ws-* rows (it comes with the \
+                 WebSocket core); {WS_APP_OVERRIDE}=reference runs the rows on the reference alone"
+            )
+        } else {
+            String::new()
+        };
+        return Err(match exited {
+            Some(status) => format!(
+                "{program} {} exited ({status}) before it listened{hint}",
+                args.join(" ")
+            ),
+            None => format!("{program} did not print 'Listening on' within 10 s{hint}"),
+        });
+    };
     let first = addr.split(',').next().unwrap_or_default().trim();
     let port = first
         .rsplit(':')
@@ -919,6 +1035,9 @@ fn measure(env: &Env, s: &Scenario, server: Server, seconds: f64) -> Result<Samp
         "--size".into(),
         s.size.to_string(),
     ];
+    if s.ws {
+        args.push("--websocket".into());
+    }
     if let (Some(pki), true) = (&env.pki, s.tls) {
         args.extend([
             "--tls".into(),

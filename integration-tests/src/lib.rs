@@ -8,10 +8,14 @@
 //! - Blocking `std::net` client helpers, each with a timeout, and small
 //!   tools: a polling wait with a deadline, the process's open fd count, a
 //!   deterministic PRNG, length-prefixed framing for clients.
+//! - [`process`] runs the real binaries and other programs, [`pki`] makes
+//!   certificates, and [`ws_peers`] finds the WebSocket peers (Python's
+//!   `websockets`, Chromium) and their scripts in `peers/`.
 
 pub mod counting_alloc;
 pub mod pki;
 pub mod process;
+pub mod ws_peers;
 
 use std::fmt;
 use std::io::{self, Read, Write};
