@@ -294,6 +294,8 @@ pub(crate) struct Outbox {
     pub(crate) queue: LazyQueue,
     /// The engine has ended: nothing queued now could ever be written.
     pub(crate) finished: bool,
+    /// A WebSocket close frame is queued: nothing may follow it.
+    pub(crate) sealed: bool,
     /// Who waits, and how the session ended: made on first use, so a
     /// session nobody waits on pays a word for it.
     pub(crate) waiting: Option<Box<Waiting>>,

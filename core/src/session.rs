@@ -718,9 +718,12 @@ impl SessionHandle {
         let push =
             |queue: &mut SendQueue| queue.push_websocket(opcode, &[payload], len, wire, mask);
         if opcode == websocket::OP_CLOSE {
-            self.enqueue_with(wire, false, push)
+            // Sealed under the lock every send takes: a send racing the
+            // close from another thread lands before the close frame or
+            // not at all (RFC 6455 5.5.1: nothing after a close).
+            self.enqueue_with(wire, Enqueue::Close, push)
         } else {
-            self.enqueue_with(wire, true, push)
+            self.enqueue_with(wire, Enqueue::Capped, push)
         }
     }
 
@@ -811,15 +814,16 @@ impl SessionHandle {
     /// be asleep.
     #[inline]
     fn enqueue(&self, len: usize, push: impl FnOnce(&mut SendQueue)) -> Result<(), SendError> {
-        self.enqueue_with(len, true, push)
+        self.enqueue_with(len, Enqueue::Capped, push)
     }
 
-    /// [`enqueue`](Self::enqueue), held to the cap if `capped`.
+    /// [`enqueue`](Self::enqueue), held to the cap unless it queues the
+    /// close frame, which seals the queue.
     #[inline]
     fn enqueue_with(
         &self,
         len: usize,
-        capped: bool,
+        how: Enqueue,
         push: impl FnOnce(&mut SendQueue),
     ) -> Result<(), SendError> {
         let shared = &*self.shared;
@@ -830,12 +834,13 @@ impl SessionHandle {
         }
         let was_empty = {
             let mut outbox = shared.lock_outbox();
-            if outbox.finished {
+            if outbox.finished || outbox.sealed {
                 return Err(SendError::Closed);
             }
+            outbox.sealed = how == Enqueue::Close;
             let enqueued = shared.enqueued.load(Ordering::Relaxed);
             let queued = enqueued.wrapping_sub(shared.dequeued.load(Ordering::Acquire));
-            if capped && queued + len > shared.max_send_queue {
+            if how == Enqueue::Capped && queued + len > shared.max_send_queue {
                 drop(outbox);
                 return Err(self.close_slow());
             }
@@ -889,4 +894,13 @@ impl SessionHandle {
     pub(crate) fn shutdown(&self) {
         self.shared.request_close(CLOSE_SHUTDOWN);
     }
+}
+
+/// How a frame joins the send queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enqueue {
+    /// Held to the send queue's cap (every send, and pongs).
+    Capped,
+    /// A WebSocket close frame: past the cap, and the last frame queued.
+    Close,
 }

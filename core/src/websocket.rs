@@ -1180,6 +1180,40 @@ pub(crate) struct WsStart {
 mod tests {
     use super::*;
 
+    /// Once the close frame is queued, the queue is sealed: a send from
+    /// any thread fails instead of landing after it, and so does a second
+    /// close.
+    #[test]
+    fn nothing_is_queued_after_the_close_frame() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let info = WebSocketInfo {
+            path: "/".into(),
+            subprotocol: None,
+            origin: None,
+            client: false,
+        };
+        let config = crate::SessionConfig::default();
+        let handle = crate::SessionHandle::new(addr, addr, &config, false, None, Some(info));
+        handle.send(b"before").unwrap();
+        let before = handle.queued_bytes();
+        handle
+            .send_control(OP_CLOSE, &close_payload(1000, ""))
+            .unwrap();
+        let with_close = handle.queued_bytes();
+        assert!(with_close > before);
+        assert_eq!(handle.send(b"late"), Err(crate::SendError::Closed));
+        assert_eq!(handle.send_text("late"), Err(crate::SendError::Closed));
+        assert_eq!(
+            handle.send_control(OP_PONG, b""),
+            Err(crate::SendError::Closed)
+        );
+        assert_eq!(
+            handle.send_control(OP_CLOSE, &close_payload(1000, "")),
+            Err(crate::SendError::Closed)
+        );
+        assert_eq!(handle.queued_bytes(), with_close);
+    }
+
     fn masked(opcode_byte: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![opcode_byte];
         let mask = [1, 2, 3, 4];
