@@ -293,20 +293,8 @@ fn decode_websocket(buf: &[u8], max_frame_len: usize) -> Result<Option<Decoded>,
         websocket::OP_CONTINUATION => return error(WebSocketError::UnexpectedContinuation),
         op => return error(WebSocketError::UnknownOpcode(op)),
     }
-    let (len, header) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(b) => {
-                let mut be = [0; 8];
-                be.copy_from_slice(b);
-                (u64::from_be_bytes(be), 10)
-            }
-            None => return Ok(None),
-        },
-        short => (u64::from(short), 2),
+    let Some((len, header)) = websocket::payload_len(buf) else {
+        return Ok(None);
     };
     if len > max_frame_len as u64 {
         return Err(FrameError::TooLarge {

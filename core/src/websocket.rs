@@ -356,20 +356,8 @@ impl WebSocketDecoder {
             }
             op => return Err(WebSocketError::UnknownOpcode(op)),
         }
-        let (len, mut header) = match b1 & 0x7F {
-            126 => match buf.get(2..4) {
-                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
-                None => return Ok(None),
-            },
-            127 => match buf.get(2..10) {
-                Some(b) => {
-                    let mut be = [0; 8];
-                    be.copy_from_slice(b);
-                    (u64::from_be_bytes(be), 10)
-                }
-                None => return Ok(None),
-            },
-            short => (u64::from(short), 2),
+        let Some((len, mut header)) = payload_len(buf) else {
+            return Ok(None);
         };
         if opcode < OP_CLOSE {
             let whole = (self.buffered() as u64).saturating_add(len);
@@ -425,6 +413,24 @@ fn parse_close(payload: &[u8]) -> Result<WebSocketEvent<'_>, WebSocketError> {
                 reason,
             })
         }
+    }
+}
+
+/// The payload length in the frame header at the start of `buf` (at least
+/// its first two bytes) and the header's length without a mask key;
+/// `None` until the extended length's bytes are there.
+pub(crate) fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    match buf[1] & 0x7F {
+        126 => {
+            let b = buf.get(2..4)?;
+            Some((u64::from(u16::from_be_bytes([b[0], b[1]])), 4))
+        }
+        127 => {
+            let mut be = [0; 8];
+            be.copy_from_slice(buf.get(2..10)?);
+            Some((u64::from_be_bytes(be), 10))
+        }
+        short => Some((u64::from(short), 2)),
     }
 }
 

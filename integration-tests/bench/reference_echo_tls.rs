@@ -14,16 +14,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use async_std::io::{ReadExt, WriteExt};
 use async_std::net::{TcpListener, TcpStream};
 use async_std::task;
 use futures::StreamExt;
 use futures_rustls::TlsAcceptor;
-use futures_rustls::pki_types::pem::PemObject;
-use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use futures_rustls::rustls::{self, ServerConfig};
+
+#[path = "reference_tls.rs"]
+mod reference_tls;
+
+use reference_tls::{fail, server_config};
 
 fn main() {
     let mut host = String::from("127.0.0.1");
@@ -54,26 +55,6 @@ fn main() {
     if let Err(e) = task::block_on(serve(&host, port, TlsAcceptor::from(config))) {
         fail(&format!("reference-echo-tls on {host}:{port}: {e}"));
     }
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
-}
-
-fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, String> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| e.to_string())?;
-    Ok(Arc::new(config))
 }
 
 async fn serve(host: &str, port: u16, acceptor: TlsAcceptor) -> std::io::Result<()> {

@@ -22,9 +22,11 @@ use async_std::task;
 use async_tungstenite::tungstenite::Message;
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use futures_rustls::TlsAcceptor;
-use futures_rustls::pki_types::pem::PemObject;
-use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use futures_rustls::rustls::{self, ServerConfig};
+
+#[path = "reference_tls.rs"]
+mod reference_tls;
+
+use reference_tls::{fail, server_config};
 
 /// How each connection is served.
 #[derive(Clone)]
@@ -77,26 +79,6 @@ fn main() {
     if let Err(e) = task::block_on(serve(&host, port, echo)) {
         fail(&format!("reference-echo-ws on {host}:{port}: {e}"));
     }
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
-}
-
-fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, String> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| e.to_string())?;
-    Ok(Arc::new(config))
 }
 
 async fn serve(host: &str, port: u16, echo: Echo) -> std::io::Result<()> {
