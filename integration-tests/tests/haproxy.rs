@@ -164,6 +164,10 @@ fn haproxy_config(port: u16, backends: &[Backend; 2]) -> String {
     format!(
         "global
     maxconn 1024
+    # Without SO_REUSEPORT a port another process holds (the other test's
+    # HAProxy, say) fails the bind, and `Cluster::start` tries another,
+    # instead of two HAProxies sharing one port.
+    noreuseport
 
 defaults
     mode tcp
@@ -197,9 +201,12 @@ fn wait_ready(proc: &mut Proc, frontend: SocketAddr) -> Option<()> {
             return None;
         }
         if let Ok(stream) = TcpStream::connect_timeout(&frontend, LIMIT) {
-            let mut stream = with_timeouts(stream);
-            assert_eq!(exchange(&mut stream, "ready"), format!("ready{SUFFIX}"));
-            return Some(());
+            // A connection HAProxy accepted before it could pass it on may
+            // be reset: tried again until the deadline below.
+            if let Ok(reply) = try_exchange(with_timeouts(stream), "ready") {
+                assert_eq!(reply, format!("ready{SUFFIX}"));
+                return Some(());
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -223,6 +230,16 @@ fn connect(frontend: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&frontend, LIMIT)
         .unwrap_or_else(|e| panic!("connect {frontend}: {e}"));
     with_timeouts(stream)
+}
+
+/// Sends one line and reads one line back, or says why not.
+fn try_exchange(mut stream: TcpStream, text: &str) -> std::io::Result<String> {
+    stream.write_all(format!("{text}\n").as_bytes())?;
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line.trim_end_matches('\n').to_owned())
 }
 
 /// Sends one line and reads one line back.
