@@ -90,26 +90,6 @@ where
     run_session_layered(io, peer, local, config, session, None, None)
 }
 
-/// [`run_session`], for a stream whose TLS handshake settled `tls`.
-#[cfg_attr(not(test), allow(dead_code))] // The TLS layer's tests use it.
-pub(crate) fn run_session_with<S, T>(
-    io: T,
-    peer: SocketAddr,
-    local: SocketAddr,
-    config: &SessionConfig,
-    session: S,
-    tls: Option<TlsInfo>,
-) -> (
-    SessionHandle,
-    impl Future<Output = DisconnectReason> + Send + 'static,
-)
-where
-    S: Session,
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    run_session_layered(io, peer, local, config, session, tls, None)
-}
-
 /// [`run_session`], for a stream whose TLS handshake settled `tls` and
 /// whose WebSocket upgrade settled `ws`.
 pub(crate) fn run_session_layered<S, T>(

@@ -338,7 +338,7 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::config::SessionConfig;
-    use crate::connection::run_session_with;
+    use crate::connection::run_session_layered;
     use crate::session::{DisconnectReason, Session, SessionHandle};
     use crate::test_pipe::duplex;
     use futures::AsyncWriteExt;
@@ -399,7 +399,8 @@ mod tests {
             let server = async_std::task::spawn(async move {
                 let (stream, info) = accept(server_io, &server_tls, limits()).await.unwrap();
                 let config = SessionConfig::default();
-                let (_, engine) = run_session_with(stream, addr, addr, &config, Echo, Some(info));
+                let (_, engine) =
+                    run_session_layered(stream, addr, addr, &config, Echo, Some(info), None);
                 engine.await
             });
             let name = client_tls.name_for("localhost").unwrap();

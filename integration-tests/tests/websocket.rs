@@ -25,12 +25,13 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
-/// A session that records each message with its kind and answers it in
-/// the same kind.
+/// A session that records each message with its kind and, if `echo`,
+/// answers it in the same kind.
 #[derive(Clone)]
 struct KindEcho {
     recorder: Recorder,
     kinds: Sender<(MessageKind, Vec<u8>)>,
+    echo: bool,
 }
 
 impl Session for KindEcho {
@@ -45,7 +46,9 @@ impl Session for KindEcho {
     fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
         let _ = self.kinds.send((kind, message.to_vec()));
         self.recorder.on_received(handle, message);
-        let _ = handle.send_message(kind, &[message]);
+        if self.echo {
+            let _ = handle.send_message(kind, &[message]);
+        }
     }
 
     fn on_disconnected(&mut self, handle: &SessionHandle, reason: &DisconnectReason) {
@@ -63,6 +66,7 @@ fn kind_echo() -> (KindEcho, Events, Kinds) {
         KindEcho {
             recorder,
             kinds: tx,
+            echo: true,
         },
         events,
         rx,
@@ -587,9 +591,10 @@ fn ws_connect(
 ) -> std::io::Result<(session_core::Connection, Events, Kinds)> {
     let (recorder, events) = Recorder::new();
     let (tx, rx) = channel();
-    let session = KindEchoClient {
+    let session = KindEcho {
         recorder,
         kinds: tx,
+        echo: false,
     };
     let mut connector = Connector::new(config)?.with_websocket(client);
     if let Some(tls) = tls {
@@ -597,31 +602,6 @@ fn ws_connect(
     }
     let connection = block_on(connector.connect(&IpInformation::from(addr), session))?;
     Ok((connection, events, rx))
-}
-
-/// Records messages with their kind; sends nothing back.
-struct KindEchoClient {
-    recorder: Recorder,
-    kinds: Sender<(MessageKind, Vec<u8>)>,
-}
-
-impl Session for KindEchoClient {
-    fn on_connected(&mut self, handle: &SessionHandle) {
-        self.recorder.on_connected(handle);
-    }
-
-    fn on_received(&mut self, handle: &SessionHandle, message: &[u8]) {
-        self.recorder.on_received(handle, message);
-    }
-
-    fn on_message(&mut self, handle: &SessionHandle, message: &[u8], kind: MessageKind) {
-        let _ = self.kinds.send((kind, message.to_vec()));
-        self.recorder.on_received(handle, message);
-    }
-
-    fn on_disconnected(&mut self, handle: &SessionHandle, reason: &DisconnectReason) {
-        self.recorder.on_disconnected(handle, reason);
-    }
 }
 
 fn next_message(kinds: &Receiver<(MessageKind, Vec<u8>)>) -> (MessageKind, Vec<u8>) {
